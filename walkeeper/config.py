@@ -1,0 +1,290 @@
+"""Configuration: one table of settings drives the TOML file, the environment,
+validation and the reference in docs/configuration.md (`python -m walkeeper.config`).
+
+Order of precedence for each key: the config file, then the environment, then the
+default. With no config file at all walkeeper runs from the environment alone, so
+the Django-era `BACKUP_DIR=/backups walkeeper push %p %f` works.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from walkeeper.errors import ConfigError
+
+DEFAULT_PATH = "/etc/walkeeper/walkeeper.toml"
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str                     # dotted: section.name, or store.name for [[stores]] keys
+    kind: type                   # str, int, bool
+    default: Any
+    doc: str
+    env: tuple[str, ...] = ()
+    choices: tuple[Any, ...] = ()
+    minimum: int | None = None
+    maximum: int | None = None
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("cluster", str, "default", "namespace of this cluster inside each store",
+            env=("WALKEEPER_CLUSTER",)),
+    Setting("state_dir", str, "", "failure log, completion records, spool; "
+            "default $XDG_STATE_HOME/walkeeper (~/.local/state/walkeeper)",
+            env=("WALKEEPER_STATE_DIR",)),
+    Setting("postgres.pgdata", str, "", "the cluster's data directory",
+            env=("WALKEEPER_PGDATA", "PGDATA")),
+    Setting("postgres.conninfo", str, "", "libpq connection string; empty: libpq's PG* variables"),
+    Setting("postgres.bindir", str, "", "where pg_basebackup and friends live; empty: PATH"),
+    Setting("compression.algorithm", str, "zstd", "codec of stored objects",
+            choices=("zstd", "none")),
+    Setting("compression.level", int, 3, "zstd level", minimum=1, maximum=22),
+    Setting("retention.full_count", int, 10, "newest backups always kept",
+            env=("BACKUP_RETENTION_COUNT",), minimum=1),
+    Setting("retention.daily", int, 7, "daily backups kept (-1: all)", minimum=-1),
+    Setting("retention.weekly", int, 4, "weekly backups kept (-1: all)", minimum=-1),
+    Setting("retention.monthly", int, 12, "monthly backups kept (-1: all)", minimum=-1),
+    Setting("retention.yearly", int, -1, "yearly backups kept (-1: all)", minimum=-1),
+    Setting("fetch.on_error", str, "abort", "a corrupt or unreadable archive: abort recovery "
+            "(exit 255) or report the file missing (exit 1)", choices=("abort", "missing")),
+    Setting("drill.sql", str, "", "extra SQL the restore drill runs on the restored copy"),
+)
+
+STORE_SETTINGS: tuple[Setting, ...] = (
+    Setting("store.name", str, None, "unique name of the store"),
+    Setting("store.type", str, None, "kind of store", choices=("local", "sftp")),
+    Setting("store.path", str, None, "local: directory of the store"),
+    Setting("store.host", str, None, "sftp: server host name"),
+    Setting("store.port", int, 22, "sftp: server port", minimum=1, maximum=65535),
+    Setting("store.user", str, None, "sftp: user name"),
+    Setting("store.key_file", str, "", "sftp: private key file (0600)"),
+    Setting("store.key_passphrase_env", str, "", "sftp: variable holding the key's passphrase"),
+    Setting("store.password_env", str, "", "sftp: variable holding the password"),
+    Setting("store.directory", str, "/backups", "sftp: remote directory of the store"),
+    Setting("store.known_hosts", str, "~/.ssh/known_hosts", "sftp: known_hosts file; "
+            "an unknown host key is refused"),
+    Setting("store.timeout", int, 30, "sftp: seconds for connect and for each I/O", minimum=1),
+    Setting("store.retries", int, 3, "attempts on transient errors, with backoff", minimum=1,
+            maximum=10),
+)
+
+_BY_KEY = {s.key: s for s in SETTINGS}
+_STORE_BY_KEY = {s.key.split(".", 1)[1]: s for s in STORE_SETTINGS}
+_SECTIONS = {k.split(".")[0] for k in _BY_KEY if "." in k}
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass
+class StoreConfig:
+    name: str
+    type: str
+    path: str = ""
+    host: str = ""
+    port: int = 22
+    user: str = ""
+    key_file: str = ""
+    key_passphrase_env: str = ""
+    password_env: str = ""
+    directory: str = "/backups"
+    known_hosts: str = "~/.ssh/known_hosts"
+    timeout: int = 30
+    retries: int = 3
+
+
+@dataclass
+class Config:
+    path: Path | None                 # absolute path of the file read, None: environment only
+    values: dict[str, Any]
+    stores: list[StoreConfig] = field(default_factory=list)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    @property
+    def cluster(self) -> str:
+        return self.values["cluster"]
+
+    @property
+    def state_dir(self) -> Path:
+        v = self.values["state_dir"]
+        if v:
+            return Path(v).expanduser()
+        base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+        return Path(base) / "walkeeper"
+
+
+def _where(path: Path | None, key: str) -> str:
+    return f"config {path}: {key}" if path else f"configuration: {key}"
+
+
+def _coerce(s: Setting, value: Any, where: str) -> Any:
+    if s.kind is int:
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if s.minimum is not None and value < s.minimum or s.maximum is not None and value > s.maximum:
+            raise ConfigError(f"{where}: {value} is out of range [{s.minimum}, {s.maximum}]")
+    elif s.kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if s.choices and value not in s.choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, s.choices))}")
+    return value
+
+
+def _flatten(data: dict, path: Path | None) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in data.items():
+        if k == "stores":
+            continue
+        if k == "encryption":
+            raise ConfigError(f"{_where(path, '[encryption]')}: encryption is not available in "
+                              f"this version of walkeeper; remove the section (objects would "
+                              f"otherwise be stored unencrypted)")
+        if isinstance(v, dict) and k in _SECTIONS:
+            for k2, v2 in v.items():
+                flat[f"{k}.{k2}"] = v2
+        else:
+            flat[k] = v
+    for k in flat:
+        if k not in _BY_KEY:
+            raise ConfigError(f"{_where(path, k)}: unknown setting; see docs/configuration.md")
+    return flat
+
+
+def _store_from(raw: dict, index: int, path: Path | None) -> StoreConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{_where(path, f'stores[{index}]')}: expected a table ([[stores]])")
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        s = _STORE_BY_KEY.get(k)
+        if s is None:
+            raise ConfigError(f"{_where(path, f'stores[{index}].{k}')}: unknown store setting")
+        out[k] = _coerce(s, v, _where(path, f"stores[{index}].{k}"))
+    for k in ("name", "type"):
+        if not out.get(k):
+            raise ConfigError(f"{_where(path, f'stores[{index}].{k}')}: missing; every store "
+                              f"needs a name and a type (local or sftp)")
+    need = ("path",) if out["type"] == "local" else ("host", "user")
+    for k in need:
+        if not out.get(k):
+            raise ConfigError(f"{_where(path, f'stores[{index}].{k}')}: missing for a "
+                              f"{out['type']} store")
+    if not _NAME_RE.match(out["name"]):
+        raise ConfigError(f"{_where(path, f'stores[{index}].name')}: {out['name']!r} must be "
+                          f"letters, digits, '.', '_' or '-'")
+    if out["type"] == "local" and not os.path.isabs(os.path.expanduser(out["path"])):
+        raise ConfigError(f"{_where(path, f'stores[{index}].path')}: must be an absolute path")
+    return StoreConfig(**out)
+
+
+def _env_stores(env: dict[str, str]) -> list[StoreConfig]:
+    stores = []
+    if env.get("BACKUP_DIR"):
+        d = env["BACKUP_DIR"]
+        if not os.path.isabs(d):
+            raise ConfigError(f"BACKUP_DIR={d!r}: must be an absolute path")
+        stores.append(StoreConfig(name="local", type="local", path=d))
+    if env.get("BACKUP_SFTP_ENABLED", "").strip().lower() in ("true", "1", "yes", "on"):
+        missing = [v for v in ("BACKUP_SFTP_HOST", "BACKUP_SFTP_USER") if not env.get(v)]
+        if missing:
+            raise ConfigError(f"BACKUP_SFTP_ENABLED is set but {', '.join(missing)} is not")
+        where = "BACKUP_SFTP_PORT"
+        port = _coerce(_STORE_BY_KEY["port"], env.get("BACKUP_SFTP_PORT", "22"), where)
+        stores.append(StoreConfig(
+            name="sftp", type="sftp", host=env["BACKUP_SFTP_HOST"], port=port,
+            user=env["BACKUP_SFTP_USER"],
+            password_env="BACKUP_SFTP_PASSWORD" if env.get("BACKUP_SFTP_PASSWORD") else "",
+            key_file=env.get("BACKUP_SFTP_KEY_FILE", ""),
+            directory=env.get("BACKUP_SFTP_DIRECTORY", "/backups"),
+            known_hosts=env.get("BACKUP_SFTP_KNOWN_HOSTS", "~/.ssh/known_hosts")))
+    return stores
+
+
+def load(path: str | None = None, env: dict[str, str] | None = None) -> Config:
+    """Read the config file (if any) and the environment into a validated Config."""
+    env = dict(os.environ) if env is None else env
+    explicit = path or env.get("WALKEEPER_CONFIG")
+    file_path: Path | None = None
+    data: dict = {}
+    if explicit or os.path.exists(DEFAULT_PATH):
+        file_path = Path(explicit or DEFAULT_PATH).expanduser().absolute()
+        import tomllib
+
+        try:
+            with open(file_path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {file_path} does not exist; create it "
+                              f"(see conf/walkeeper.toml) or unset WALKEEPER_CONFIG") from None
+        except PermissionError:
+            raise ConfigError(f"config file {file_path} is not readable by this user") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file_path} is not valid TOML: {exc}") from None
+    flat = _flatten(data, file_path)
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        if s.key in flat:
+            values[s.key] = _coerce(s, flat[s.key], _where(file_path, s.key))
+            continue
+        for var in s.env:
+            if env.get(var):
+                values[s.key] = _coerce(s, env[var], f"environment {var}")
+                break
+        else:
+            values[s.key] = s.default
+    if not _NAME_RE.match(values["cluster"]):
+        raise ConfigError(f"{_where(file_path, 'cluster')}: {values['cluster']!r} must be "
+                          f"letters, digits, '.', '_' or '-'")
+    raw_stores = data.get("stores", [])
+    if not isinstance(raw_stores, list):
+        raise ConfigError(f"{_where(file_path, 'stores')}: use [[stores]] tables")
+    stores = [_store_from(r, i, file_path) for i, r in enumerate(raw_stores)] or _env_stores(env)
+    if not stores:
+        raise ConfigError("no store configured: add [[stores]] to the config file or set "
+                          "BACKUP_DIR", hint=None)
+    names = [s.name for s in stores]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ConfigError(f"{_where(file_path, 'stores')}: duplicate store name {sorted(dup)[0]!r}")
+    return Config(path=file_path, values=values, stores=stores)
+
+
+def reference_markdown() -> str:
+    """The configuration reference, generated from the tables above."""
+    lines = ["# Configuration reference", "",
+             "Generated by `python -m walkeeper.config`; do not edit by hand.", "",
+             "| key | type | default | environment | meaning |", "|---|---|---|---|---|"]
+
+    def row(s: Setting, key: str) -> str:
+        default = "" if s.default is None else repr(s.default).replace("'", '"')
+        kind = s.kind.__name__ + (f" ({' / '.join(map(str, s.choices))})" if s.choices else "")
+        return f"| `{key}` | {kind} | `{default}` | {', '.join(f'`{e}`' for e in s.env)} | {s.doc} |"
+
+    lines += [row(s, s.key) for s in SETTINGS]
+    lines += ["", "## `[[stores]]`", "", "| key | type | default | environment | meaning |",
+              "|---|---|---|---|---|"]
+    lines += [row(s, s.key.split(".", 1)[1]) for s in STORE_SETTINGS]
+    lines += ["", "## Environment only", "",
+              "With no `[[stores]]` in the file, stores come from the environment:", "",
+              "- `BACKUP_DIR`: a local store named `local` at this absolute path.",
+              "- `BACKUP_SFTP_ENABLED=True`: an SFTP store named `sftp` from `BACKUP_SFTP_HOST`, "
+              "`BACKUP_SFTP_PORT` (22), `BACKUP_SFTP_USER`, `BACKUP_SFTP_PASSWORD`, "
+              "`BACKUP_SFTP_DIRECTORY` (`/backups`), `BACKUP_SFTP_KEY_FILE`, "
+              "`BACKUP_SFTP_KNOWN_HOSTS` (`~/.ssh/known_hosts`).",
+              "- `WALKEEPER_CONFIG`: the config file (else `/etc/walkeeper/walkeeper.toml` if it "
+              "exists).", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

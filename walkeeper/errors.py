@@ -1,0 +1,78 @@
+"""Typed errors, each carrying the exit code the contract gives it.
+
+The CLI maps these to exit codes in one place; nothing else calls sys.exit.
+"""
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+# restore_command: PostgreSQL treats an exit status > 125 as fatal and aborts
+# recovery instead of taking "not found" as the end of the archive.
+EXIT_ARCHIVE_UNREADABLE = 255
+
+
+class WalkeeperError(Exception):
+    """Base class: one clear line for the operator, and an exit code."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def line(self) -> str:
+        return f"{self.message}; {self.hint}" if self.hint else self.message
+
+
+class OperationFailed(WalkeeperError):
+    """The operation failed or found a problem (exit 1)."""
+
+
+class ConflictError(OperationFailed):
+    """A different object is already stored under this name (exit 1)."""
+
+
+class NotInArchive(OperationFailed):
+    """Every store answered that the object is absent (exit 1)."""
+
+
+class UsageError(WalkeeperError):
+    """Bad usage or bad input (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(WalkeeperError):
+    """Missing or invalid configuration, unreadable key (exit 3)."""
+
+    exit_code = EXIT_CONFIG
+
+
+class ArchiveUnreadable(WalkeeperError):
+    """fetch: a copy exists but is corrupt, or a store could not be read."""
+
+    exit_code = EXIT_ARCHIVE_UNREADABLE
+
+
+# Store-level errors: raised by stores, translated by the commands above them.
+
+class StoreError(Exception):
+    """A store could not complete an operation (network, permissions, disk)."""
+
+    def __init__(self, store: str, message: str):
+        super().__init__(f"store {store!r}: {message}")
+        self.store = store
+
+
+class ObjectNotFound(StoreError):
+    """The store answered authoritatively that the object does not exist."""
+
+
+class ObjectExists(StoreError):
+    """A no-clobber put found the name already taken."""
+
+
+class CorruptObject(Exception):
+    """A stored object failed its format or checksum check."""

@@ -1,0 +1,58 @@
+"""Where things live inside a store. Pure: names in, relative keys out.
+
+    <cluster>/identity.json                      the cluster this archive belongs to
+    <cluster>/wal/<TLI><LOG>/<NAME><suffix>       segments, .partial and .backup files
+    <cluster>/wal/<NAME>.history<suffix>          timeline history files
+
+Grouping segments by their first 16 hex digits (timeline and log) bounds a directory
+at 256 segments of 16 MiB (4096 of 1 MiB), so a million segments never make one huge
+listing. Temporary uploads are `.tmp-<token>-<final name>` beside their final name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from walkeeper.objects import SUFFIX
+from walkeeper.wal import WalKind, WalName
+
+TEMP_PREFIX = ".tmp-"
+_SAFE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def identity_key(cluster: str) -> str:
+    return f"{cluster}/identity.json"
+
+
+def wal_dir(cluster: str, wal: WalName) -> str:
+    if wal.kind is WalKind.HISTORY:
+        return f"{cluster}/wal"
+    return f"{cluster}/wal/{wal.name[:16]}"
+
+
+def wal_keys(cluster: str, wal: WalName, codec: str) -> list[str]:
+    """Candidate keys, the configured codec's first: an archive may hold objects
+    written under an earlier compression setting."""
+    d = wal_dir(cluster, wal)
+    order = [codec] + [c for c in SUFFIX if c != codec]
+    return [f"{d}/{wal.name}{SUFFIX[c]}" for c in order]
+
+
+def temp_key(key: str) -> str:
+    head, _, base = key.rpartition("/")
+    name = f"{TEMP_PREFIX}{os.urandom(6).hex()}-{base}"
+    return f"{head}/{name}" if head else name
+
+
+def is_temp(basename: str) -> bool:
+    return basename.startswith(TEMP_PREFIX)
+
+
+def check_key(key: str) -> str:
+    """Refuse any key that could escape the store's directory."""
+    parts = key.split("/")
+    if not key or any(not _SAFE_PART.match(p) and not is_temp(p) for p in parts) \
+            or any(p in (".", "..") for p in parts):
+        raise ValueError(f"refusing unsafe object name {key!r}")
+    return key

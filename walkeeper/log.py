@@ -1,0 +1,21 @@
+"""Messages for the operator on stderr. Tiny on purpose: push imports it."""
+
+import sys
+
+QUIET, NORMAL, VERBOSE = 0, 1, 2
+level = NORMAL
+
+
+def warn(msg: str) -> None:
+    if level >= NORMAL:
+        print(f"walkeeper: {msg}", file=sys.stderr, flush=True)
+
+
+def info(msg: str) -> None:
+    if level >= NORMAL:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def debug(msg: str) -> None:
+    if level >= VERBOSE:
+        print(f"walkeeper: {msg}", file=sys.stderr, flush=True)

@@ -1,0 +1,65 @@
+"""The local state directory: last successes and a failure log for `status`.
+
+Recording is best effort: a push that is durable in every store has succeeded
+even when its state directory cannot be written, so errors here only warn.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from walkeeper import log
+
+FAILURES = "failures.jsonl"
+MAX_FAILURE_LOG = 1 << 20
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _ensure(state_dir: Path) -> None:
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+
+
+def record_success(state_dir: Path, command: str, **fields) -> None:
+    try:
+        _ensure(state_dir)
+        path = state_dir / f"last_{command}.json"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        with open(tmp, "w") as f:
+            json.dump({"time": _now(), **fields}, f)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warn(f"cannot record success in {state_dir}: {exc.strerror}")
+
+
+def record_failure(state_dir: Path, command: str, target: str, reason: str) -> None:
+    try:
+        _ensure(state_dir)
+        path = state_dir / FAILURES
+        try:
+            if path.stat().st_size > MAX_FAILURE_LOG:
+                os.replace(path, path.with_suffix(".jsonl.1"))
+        except FileNotFoundError:
+            pass
+        line = json.dumps({"time": _now(), "command": command, "target": target,
+                           "reason": reason})
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        log.warn(f"cannot record failure in {state_dir}: {exc.strerror}")
+
+
+def read_json(state_dir: Path, name: str) -> dict | None:
+    try:
+        with open(state_dir / name) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
