@@ -21,7 +21,7 @@ from walkeeper.layout import identity_key, wal_keys
 from walkeeper.objects import (TRAILER_SIZE, Encoder, Trailer, decode, read_chunks,
                                sha256_file, unpack_trailer)
 from walkeeper.stores import open_store, open_stores
-from walkeeper.wal import (LONG_PAGE_HEADER_SIZE, WalName, check_segment_header,
+from walkeeper.wal import (LONG_PAGE_HEADER_SIZE, WalKind, WalName, check_segment_header,
                            parse_long_page_header, parse_wal_name)
 
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)
@@ -156,7 +156,7 @@ def push(config: Config, wal_path: str, wal_name: str) -> list[str]:
     with f:
         size = os.fstat(f.fileno()).st_size
         header = None
-        if wal.segment is not None:
+        if wal.kind in (WalKind.SEGMENT, WalKind.PARTIAL):
             try:
                 header = parse_long_page_header(f.read(LONG_PAGE_HEADER_SIZE))
                 check_segment_header(wal.segment, header, size)

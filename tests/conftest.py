@@ -1,0 +1,106 @@
+"""Shared fixtures for the walkeeper tests.
+
+pg        session   ClusterFactory: pg.new(wal_segsize_mb=16, start=True, **settings) -> Cluster,
+                    pg.from_pgdata(path, start=False, **settings) -> Cluster
+cluster   function  a fresh started Cluster (pg.new()), stopped after the test
+sshd      function  a started SshServer (tests/sshharness.py), stopped after the test
+wk        function  wk(*args, env=None, cwd=None, input=None, timeout=60) -> CompletedProcess
+                    running the installed `walkeeper` console script
+tmp_short function  a short directory under /tmp (for unix sockets), removed after
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from pgharness import PG_BIN, ClusterFactory
+from sshharness import SSHD, SshServer
+
+WALKEEPER = Path(sys.executable).parent / "walkeeper"
+
+# Variables that would point the tool (or libpq) somewhere else than the test says.
+_SCRUB_PREFIXES = ("BACKUP_", "PG")
+_SCRUB_NAMES = {
+    "WALKEEPER_CONFIG", "WALKEEPER_CLUSTER", "WALKEEPER_PGDATA",
+    "WALKEEPER_PASSPHRASE", "WALKEEPER_SFTP_PASSWORD",
+}
+
+
+@pytest.fixture(scope="session")
+def pg(tmp_path_factory) -> ClusterFactory:
+    if not (PG_BIN / "initdb").exists():
+        pytest.fail(f"PostgreSQL binaries not found in {PG_BIN} (set WALKEEPER_PG_BIN)")
+    if os.geteuid() == 0:
+        pytest.fail("PostgreSQL refuses to run as root: run the tests through bin/test")
+    factory = ClusterFactory(tmp_path_factory.mktemp("pg", numbered=True))
+    yield factory
+    factory.close()
+
+
+@pytest.fixture
+def cluster(pg):
+    c = pg.new()
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def sshd(tmp_path):
+    if not SSHD.exists():
+        pytest.skip(f"{SSHD} is absent (bin/test installs openssh-server when run as root)")
+    server = SshServer(tmp_path / "sshd")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tmp_short():
+    d = Path(tempfile.mkdtemp(prefix="wk", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def clean_env(extra: dict | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in _SCRUB_NAMES and not k.startswith(_SCRUB_PREFIXES)}
+    if extra:
+        env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+@pytest.fixture
+def wk(tmp_path):
+    """Run the installed walkeeper console script.
+
+    The environment is a copy of os.environ without WALKEEPER_CONFIG & co.,
+    BACKUP_* and PG* (libpq) variables, with XDG_STATE_HOME set to a per-test
+    directory (so the default state_dir stays inside the test), then updated
+    with env. Output is captured as text; no check on the exit status.
+    """
+    if not WALKEEPER.exists():
+        pytest.fail(f"console script {WALKEEPER} missing: is walkeeper installed in this venv "
+                    f"(pip install -e '.[test]')?")
+    state = tmp_path / "xdg-state"
+
+    def run(*args, env: dict | None = None, cwd=None, input: str | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess:
+        full_env = clean_env({"XDG_STATE_HOME": str(state)})
+        if env:
+            full_env.update({k: str(v) for k, v in env.items()})
+        return subprocess.run(
+            [str(WALKEEPER), *(str(a) for a in args)],
+            env=full_env, cwd=cwd, input=input, text=True, capture_output=True,
+            timeout=timeout, stdin=None if input is not None else subprocess.DEVNULL,
+        )
+
+    run.path = WALKEEPER
+    run.state_dir = state
+    return run
