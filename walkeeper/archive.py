@@ -18,8 +18,8 @@ from walkeeper.errors import (ArchiveUnreadable, ConflictError, CorruptObject, N
                               ObjectExists, ObjectNotFound, OperationFailed, StoreError,
                               UsageError)
 from walkeeper.layout import identity_key, wal_keys
-from walkeeper.objects import (TRAILER_SIZE, Encoder, Trailer, decode, read_chunks,
-                               sha256_file, unpack_trailer)
+from walkeeper.objects import TRAILER_SIZE, Trailer, read_chunks, sha256_file, unpack_trailer
+from walkeeper.transfer import fetch_to_file, put_stream
 from walkeeper.stores import open_store, open_stores
 from walkeeper.wal import (LONG_PAGE_HEADER_SIZE, WalKind, WalName, check_segment_header,
                            parse_long_page_header, parse_wal_name)
@@ -101,47 +101,24 @@ def _upload(f, name: str, key: str, stores: list, config: Config, size: int):
 
     Returns (errors by store name, conflict messages).
     """
-    errors: dict[str, StoreError] = {}
-    conflicts: list[str] = []
-    uploads = {}
-    for s in stores:
-        try:
-            uploads[s] = s.begin_put(key)
-        except StoreError as exc:
-            errors[s.name] = exc
-    if not uploads:
-        return errors, conflicts
-    enc = Encoder(config["compression.algorithm"], config["compression.level"], size)
     f.seek(0)
     try:
-        for chunk in enc.run(read_chunks(f)):
-            for s, up in list(uploads.items()):
-                try:
-                    up.write(chunk)
-                except StoreError as exc:
-                    errors[s.name] = exc
-                    del uploads[s]
-            if not uploads:
-                return errors, conflicts
+        out = put_stream(stores, key, read_chunks(f), config["compression.algorithm"],
+                         config["compression.level"], size)
     except OSError as exc:
-        for up in uploads.values():
-            up.abort()
         raise OperationFailed(f"cannot read {f.name}: {exc.strerror}") from None
-    for s, up in uploads.items():
-        try:
-            up.commit()
-            log.debug(f"stored {name} in {s.name} ({s.location}): {enc.trailer.original_size} "
-                      f"bytes as {enc.trailer.body_size}, sha256 {enc.trailer.checksum}")
-        except ObjectExists:
-            # Someone stored the same name while we uploaded: same content is fine.
-            existing = _find(s, [key])
-            msg = _conflict(name, s, existing, enc.trailer.original_size, enc.trailer.sha256) \
-                if existing else None
-            if msg:
-                conflicts.append(msg)
-        except StoreError as exc:
-            errors[s.name] = exc
-    return errors, conflicts
+    conflicts = []
+    t = out.trailer
+    for s in out.stored:
+        log.debug(f"stored {name} in {s.name} ({s.location}): {t.original_size} bytes as "
+                  f"{t.body_size}, sha256 {t.checksum}")
+    for s in out.taken:
+        # Someone stored the same name while we uploaded: same content is fine.
+        existing = _find(s, [key])
+        msg = _conflict(name, s, existing, t.original_size, t.sha256) if existing else None
+        if msg:
+            conflicts.append(msg)
+    return out.errors, conflicts
 
 
 def push(config: Config, wal_path: str, wal_name: str) -> list[str]:
@@ -239,28 +216,9 @@ def _fetch_one(store, keys: list[str], dest: str) -> bool:
     """Write a verified copy to dest; False when the store has no such object."""
     for key in keys:
         try:
-            reader = store.open(key)
+            fetch_to_file(store, key, dest)
         except ObjectNotFound:
             continue
-        directory, base = os.path.split(dest)
-        tmp = os.path.join(directory, f".{base}.wk-{os.urandom(4).hex()}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except OSError as exc:
-            reader.close()
-            raise OperationFailed(f"cannot write {tmp}: {exc.strerror}") from None
-        try:
-            with os.fdopen(fd, "wb") as out:
-                decode(reader.read, out.write)
-            os.replace(tmp, dest)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        finally:
-            reader.close()
         log.debug(f"fetched {key} from {store.name} ({store.location})")
         return True
     return False

@@ -7,7 +7,7 @@ final name without ever replacing an existing object (ObjectExists instead).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -32,6 +32,8 @@ class Entry:
     name: str
     size: int
     is_dir: bool
+    # When the object was last written (archive time); not part of equality.
+    mtime: float = field(default=0.0, compare=False)
 
 
 class Store(Protocol):

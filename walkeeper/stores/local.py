@@ -97,6 +97,18 @@ class LocalFileReader:
         self.f.close()
 
 
+def _entries(it) -> list[Entry]:
+    out = []
+    for e in it:
+        try:
+            st = e.stat()
+        except FileNotFoundError:
+            continue    # removed since the directory was read (expire running alongside)
+        is_dir = e.is_dir()
+        out.append(Entry(e.name, 0 if is_dir else st.st_size, is_dir, st.st_mtime))
+    return out
+
+
 class LocalStore:
     def __init__(self, name: str, path: str):
         self.name = name
@@ -173,8 +185,7 @@ class LocalStore:
         path = self._path(prefix)
         try:
             with os.scandir(path) as it:
-                return [Entry(e.name, 0 if e.is_dir() else e.stat().st_size, e.is_dir())
-                        for e in it]
+                return _entries(it)
         except FileNotFoundError:
             return []
         except OSError as exc:

@@ -69,18 +69,17 @@ class SftpUpload:
         self.temp = store._path(temp_key(key))
         self.written = 0
         self.f = None
-        sftp = store.sftp()
-        try:
+        def create(sftp):
             try:
-                self.f = sftp.open(self.temp, "wbx")
+                f = sftp.open(self.temp, "wbx")
             except FileNotFoundError:
                 store._makedirs(os.path.dirname(self.final))
-                self.f = sftp.open(self.temp, "wbx")
-            self.f.chmod(0o600)
-            self.f.set_pipelined(True)
-        except _TRANSIENT as exc:
-            self.abort()
-            raise store._error("cannot create", self.temp, exc) from None
+                f = sftp.open(self.temp, "wbx")
+            f.chmod(0o600)
+            f.set_pipelined(True)
+            return f
+
+        self.f = store._retrying("cannot create", self.temp, create)
 
     def write(self, data: bytes) -> None:
         try:
@@ -126,6 +125,8 @@ class SftpUpload:
         except Exception:
             pass
         self.f = None
+        if not self.store._alive():
+            return      # a leftover .tmp- object is recognisable and never read as data
         try:
             self.store.sftp().remove(self.temp)
         except Exception:
@@ -133,15 +134,16 @@ class SftpUpload:
 
 
 class SftpReader:
-    def __init__(self, store: SftpStore, f):
+    def __init__(self, store: SftpStore, f, path: str):
         self.store = store
         self.f = f
+        self.path = path
 
     def read(self, n: int) -> bytes:
         try:
             return self.f.read(n)
         except _TRANSIENT as exc:
-            raise self.store._error("cannot read", "object", exc) from None
+            raise self.store._error("cannot read", self.path, exc) from None
 
     def close(self) -> None:
         try:
@@ -183,7 +185,30 @@ class SftpStore:
             raise StoreError(self.name, str(exc)) from None
 
     def _error(self, what: str, path: str, exc: BaseException) -> StoreError:
-        return StoreError(self.name, f"{what} {self.location}:{path}: {_reason(exc)}")
+        if not self._alive():
+            self.close()        # the next call reconnects
+        return StoreError(self.name, f"{what} {self.cfg.user}@{self.cfg.host}:{self.cfg.port}"
+                                     f"{path}: {_reason(exc)}")
+
+    def _alive(self) -> bool:
+        transport = self._client.get_transport() if self._client else None
+        return transport is not None and transport.is_active()
+
+    def _retrying(self, what: str, path: str, fn):
+        """fn(sftp), reconnecting and trying again when the connection has died
+        (an idle connection dropped by a NAT, a restarted server). A live
+        connection's error (permission, timeout) is not retried."""
+        for attempt in range(1, self.cfg.retries + 1):
+            sftp = self.sftp()
+            try:
+                return fn(sftp)
+            except FileNotFoundError:
+                raise
+            except _TRANSIENT as exc:
+                if self._alive() or attempt == self.cfg.retries:
+                    raise self._error(what, path, exc) from None
+                log.debug(f"store {self.name}: connection lost ({_reason(exc)}); reconnecting")
+                self.close()
 
     def _connect(self) -> None:
         cfg = self.cfg
@@ -274,55 +299,52 @@ class SftpStore:
 
     def open(self, key: str) -> SftpReader:
         path = self._path(key)
-        try:
-            f = self.sftp().open(path, "rb")
+        def op(sftp):
+            f = sftp.open(path, "rb")
             f.prefetch()
-            return SftpReader(self, f)
+            return f
+
+        try:
+            return SftpReader(self, self._retrying("cannot read", path, op), path)
         except FileNotFoundError:
             raise ObjectNotFound(self.name, f"{path} does not exist") from None
-        except _TRANSIENT as exc:
-            raise self._error("cannot read", path, exc) from None
 
     def read_tail(self, key: str, n: int) -> bytes:
         path = self._path(key)
-        try:
-            with self.sftp().open(path, "rb") as f:
+        def op(sftp):
+            with sftp.open(path, "rb") as f:
                 size = f.stat().st_size
                 f.seek(max(0, size - n))
                 return f.read(n)
+
+        try:
+            return self._retrying("cannot read", path, op)
         except FileNotFoundError:
             raise ObjectNotFound(self.name, f"{path} does not exist") from None
-        except _TRANSIENT as exc:
-            raise self._error("cannot read", path, exc) from None
 
     def exists(self, key: str) -> bool:
         path = self._path(key)
         try:
-            self.sftp().stat(path)
+            self._retrying("cannot stat", path, lambda sftp: sftp.stat(path))
             return True
         except FileNotFoundError:
             return False
-        except _TRANSIENT as exc:
-            raise self._error("cannot stat", path, exc) from None
 
     def list(self, prefix: str) -> list[Entry]:
         path = self._path(prefix)
         try:
-            return [Entry(a.filename, a.st_size or 0, stat.S_ISDIR(a.st_mode or 0))
-                    for a in self.sftp().listdir_attr(path)]
+            attrs = self._retrying("cannot list", path, lambda sftp: sftp.listdir_attr(path))
         except FileNotFoundError:
             return []
-        except _TRANSIENT as exc:
-            raise self._error("cannot list", path, exc) from None
+        return [Entry(a.filename, a.st_size or 0, stat.S_ISDIR(a.st_mode or 0),
+                      float(a.st_mtime or 0)) for a in attrs]
 
     def delete(self, key: str) -> None:
         path = self._path(key)
         try:
-            self.sftp().remove(path)
+            self._retrying("cannot delete", path, lambda sftp: sftp.remove(path))
         except FileNotFoundError:
             pass
-        except _TRANSIENT as exc:
-            raise self._error("cannot delete", path, exc) from None
 
     def close(self) -> None:
         if self._client is not None:

@@ -1,0 +1,591 @@
+"""The store contract (walkeeper/stores/base.py), one suite for every backend.
+
+Each contract test runs against a LocalStore on a temporary directory and an
+SftpStore talking to a real OpenSSH sshd on loopback (tests/sshharness.py).
+Both keep their data on this machine, so modes and leftovers are checked on
+disk. The SFTP-only tests at the end cover host keys, key files, passwords and
+dropped or frozen connections.
+
+Run as a non-root user (bin/test): root ignores file modes.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from walkeeper.config import StoreConfig
+from walkeeper.errors import ConfigError, ObjectExists, ObjectNotFound, StoreError
+from walkeeper.stores import open_store
+from walkeeper.stores.base import Entry
+
+MiB = 1 << 20
+CLUSTER = "ecar"
+DIR = f"{CLUSTER}/wal/0000000100000000"
+KEY = f"{DIR}/000000010000000000000001.zst"
+KEY2 = f"{DIR}/000000010000000000000002.zst"
+HISTORY_KEY = f"{CLUSTER}/wal/00000002.history.zst"
+UNSAFE_KEYS = ["../x", "a/../../x", "/abs", "a//b", "", "..", ".", "a/./b", "a/", "a/..",
+               "../../../../etc/passwd", "a\\..\\b", "a\nb"]
+
+pytestmark = pytest.mark.slow
+
+
+def payload(n: int, seed: int = 0) -> bytes:
+    import hashlib
+    out = bytearray()
+    i = 0
+    while len(out) < n:
+        out += hashlib.sha256(b"%d:%d" % (seed, i)).digest()
+        i += 1
+    return bytes(out[:n])
+
+
+def read_all(reader, n: int = 65536) -> bytes:
+    out = bytearray()
+    try:
+        while True:
+            b = reader.read(n)
+            assert len(b) <= n
+            if not b:
+                return bytes(out)
+            out += b
+    finally:
+        reader.close()
+
+
+def disk_tree(root: Path) -> list[str]:
+    """Every path under root, relative, sorted (the store as `find` shows it)."""
+    if not root.exists():
+        return []
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def temp_leftovers(root: Path) -> list[str]:
+    return [p for p in disk_tree(root) if Path(p).name.startswith(".tmp-")]
+
+
+def run_bounded(fn, seconds: float):
+    """Run fn in a thread; return its result or the exception it raised.
+    Returns the string "HUNG" if it has not finished after `seconds`."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            box["result"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        return "HUNG"
+    return box["result"]
+
+
+def sshd_connections(sshd) -> int:
+    """How many connections the sshd has logged so far (0 for a local store).
+    Counted in the log: the harness's own readiness probe also forks a
+    short-lived connection process, so process counts are not reliable."""
+    if sshd is None:
+        return 0
+    return sshd.log.read_text(errors="replace").count("Connection from ")
+
+
+@pytest.fixture
+def not_root():
+    if os.geteuid() == 0:
+        pytest.skip("root ignores file modes: run through bin/test")
+
+
+# ------------------------------------------------------------------ backends
+@dataclass
+class Backend:
+    kind: str
+    store: object
+    root: Path          # where the store's objects are on this machine
+    make: object        # make() -> a fresh store object with the same config
+    sshd: object = None
+
+
+def sftp_config(sshd, **kw) -> StoreConfig:
+    base = dict(name="offsite", type="sftp", host=sshd.host, port=sshd.port, user=sshd.user,
+                key_file=str(sshd.key_file), known_hosts=str(sshd.known_hosts),
+                directory=str(sshd.directory), timeout=5, retries=1)
+    base.update(kw)
+    return StoreConfig(**base)
+
+
+@pytest.fixture(params=["local", "sftp"])
+def backend(request, tmp_path):
+    if request.param == "local":
+        root = tmp_path / "local-store"          # does not exist yet: the store creates it
+        cfg = StoreConfig(name="local", type="local", path=str(root))
+        sshd = None
+    else:
+        sshd = request.getfixturevalue("sshd")
+        root = sshd.directory
+        cfg = sftp_config(sshd)
+    made = []
+
+    def make():
+        s = open_store(cfg)
+        made.append(s)
+        return s
+
+    b = Backend(request.param, make(), root, make, sshd)
+    yield b
+    for s in made:
+        s.close()
+
+
+# ------------------------------------------------------------ contract suite
+@pytest.mark.parametrize("size", [0, 1, 100_000, 3 * MiB + 7])
+def test_put_and_read_back(backend, size):
+    store = backend.store
+    data = payload(size)
+    up = store.begin_put(KEY)
+    for i in range(0, size, 256 * 1024):
+        up.write(data[i:i + 256 * 1024])
+    up.commit()
+    assert store.exists(KEY)
+    assert read_all(store.open(KEY)) == data
+    assert (backend.root / KEY).read_bytes() == data
+    assert temp_leftovers(backend.root) == []
+
+
+def test_read_tail(backend):
+    store = backend.store
+    data = payload(200_000, seed=1)
+    store.put_bytes(KEY, data)
+    assert store.read_tail(KEY, 64) == data[-64:]
+    assert store.read_tail(KEY, 1) == data[-1:]
+    assert store.read_tail(KEY, len(data)) == data
+    assert store.read_tail(KEY, len(data) + 1000) == data
+    store.put_bytes(KEY2, b"short")
+    assert store.read_tail(KEY2, 64) == b"short"
+
+
+def test_exists(backend):
+    store = backend.store
+    assert not store.exists(KEY)
+    assert not store.exists("never/there/at/all.zst")
+    store.put_bytes(KEY, b"x")
+    assert store.exists(KEY)
+    assert not store.exists(KEY2)
+
+
+def test_list(backend):
+    store = backend.store
+    assert store.list(CLUSTER) == []
+    assert store.list(f"{CLUSTER}/wal/missing") == []
+    store.put_bytes(KEY, b"a" * 10)
+    store.put_bytes(KEY2, b"b" * 2000)
+    store.put_bytes(HISTORY_KEY, b"h" * 33)
+    entries = {e.name: e for e in store.list(DIR)}
+    assert set(entries) == {"000000010000000000000001.zst", "000000010000000000000002.zst"}
+    assert entries["000000010000000000000001.zst"] == Entry("000000010000000000000001.zst", 10, False)
+    assert entries["000000010000000000000002.zst"] == Entry("000000010000000000000002.zst", 2000, False)
+    top = {e.name: e for e in store.list(f"{CLUSTER}/wal")}
+    assert set(top) == {"0000000100000000", "00000002.history.zst"}
+    assert top["0000000100000000"].is_dir
+    assert not top["00000002.history.zst"].is_dir
+    assert top["00000002.history.zst"].size == 33
+    assert [e.name for e in store.list(CLUSTER)] == ["wal"]
+    assert all(isinstance(e, Entry) for e in store.list(DIR))
+
+
+def test_list_shows_upload_in_progress_as_temporary(backend):
+    store = backend.store
+    up = store.begin_put(KEY)
+    up.write(b"partial")
+    names = [e.name for e in store.list(DIR)]
+    assert len(names) == 1
+    assert names[0].startswith(".tmp-") and names[0].endswith("000000010000000000000001.zst")
+    assert not store.exists(KEY)
+    up.commit()
+    assert [e.name for e in store.list(DIR)] == ["000000010000000000000001.zst"]
+
+
+def test_delete_is_idempotent(backend):
+    store = backend.store
+    store.put_bytes(KEY, b"x")
+    store.delete(KEY)
+    assert not store.exists(KEY)
+    assert not (backend.root / KEY).exists()
+    store.delete(KEY)                       # again: no error
+    store.delete("no/such/dir/object.zst")  # never existed: no error
+    with pytest.raises(ObjectNotFound):
+        store.open(KEY)
+    store.put_bytes(KEY, b"again")          # the name is free again
+    assert read_all(store.open(KEY)) == b"again"
+
+
+def test_put_bytes(backend):
+    store = backend.store
+    store.put_bytes(HISTORY_KEY, b"1\t0/3000000\tno recovery target specified\n")
+    assert read_all(store.open(HISTORY_KEY)) == b"1\t0/3000000\tno recovery target specified\n"
+    store.put_bytes(f"{CLUSTER}/identity.json", b"{}")
+    assert read_all(store.open(f"{CLUSTER}/identity.json")) == b"{}"
+
+
+def test_no_clobber(backend):
+    store = backend.store
+    first = payload(5000, seed=1)
+    store.put_bytes(KEY, first)
+    up = store.begin_put(KEY)
+    up.write(b"second version")
+    with pytest.raises(ObjectExists):
+        up.commit()
+    with pytest.raises(ObjectExists):
+        store.put_bytes(KEY, b"third version")
+    assert read_all(store.open(KEY)) == first
+    assert (backend.root / KEY).read_bytes() == first
+    assert temp_leftovers(backend.root) == []
+
+
+def test_no_clobber_between_concurrent_uploads(backend):
+    store = backend.store
+    a = store.begin_put(KEY)
+    b = backend.make().begin_put(KEY)
+    a.write(b"A" * 1000)
+    b.write(b"B" * 2000)
+    a.commit()
+    with pytest.raises(ObjectExists):
+        b.commit()
+    assert (backend.root / KEY).read_bytes() == b"A" * 1000
+    assert temp_leftovers(backend.root) == []
+
+
+def test_abort_leaves_no_temporary_file(backend):
+    store = backend.store
+    up = store.begin_put(KEY)
+    up.write(payload(300_000))
+    assert len(temp_leftovers(backend.root)) == 1
+    up.abort()
+    assert [e.name for e in store.list(DIR) if e.name.startswith(".tmp-")] == []
+    assert temp_leftovers(backend.root) == []
+    assert not store.exists(KEY)
+    up.abort()  # twice: never raises
+    # abort before any write
+    up = store.begin_put(KEY2)
+    up.abort()
+    assert temp_leftovers(backend.root) == []
+    assert store.list(DIR) == []
+
+
+@pytest.mark.parametrize("key", UNSAFE_KEYS)
+def test_unsafe_keys_are_refused_before_touching_anything(backend, key):
+    store = backend.make()            # fresh: no connection yet
+    before = disk_tree(backend.root)
+    connections = sshd_connections(backend.sshd)
+    operations = [
+        lambda: store.begin_put(key),
+        lambda: store.put_bytes(key, b"x"),
+        lambda: store.open(key),
+        lambda: store.read_tail(key, 10),
+        lambda: store.exists(key),
+        lambda: store.list(key),
+        lambda: store.delete(key),
+    ]
+    for op in operations:
+        with pytest.raises(StoreError) as info:
+            op()
+        # Refused, not "absent" or "taken": fetch must not read it as end of archive.
+        assert type(info.value) is StoreError, repr(info.value)
+    assert disk_tree(backend.root) == before
+    assert not (backend.root.parent / "x").exists()
+    assert sshd_connections(backend.sshd) == connections, "an unsafe key made an SFTP connection"
+
+
+def test_modes_on_disk(backend, not_root):
+    store = backend.store
+    store.put_bytes(KEY, b"secret wal")
+    store.put_bytes(HISTORY_KEY, b"history")
+    up = store.begin_put(KEY2)
+    up.write(b"in progress")
+    created = [backend.root / CLUSTER, backend.root / CLUSTER / "wal", backend.root / DIR]
+    if backend.kind == "local":
+        created.insert(0, backend.root)  # the store created its own root too
+    for d in created:
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, f"{d}: {stat.S_IMODE(d.stat().st_mode):o}"
+    files = [backend.root / KEY, backend.root / HISTORY_KEY] + \
+        [backend.root / p for p in temp_leftovers(backend.root)]
+    assert len(files) == 3
+    for f in files:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f"{f}: {stat.S_IMODE(f.stat().st_mode):o}"
+    up.commit()
+    assert stat.S_IMODE((backend.root / KEY2).stat().st_mode) == 0o600
+
+
+def test_missing_objects(backend):
+    store = backend.store
+    for key in (KEY, "nothing/here.zst"):
+        with pytest.raises(ObjectNotFound):
+            store.open(key)
+        with pytest.raises(ObjectNotFound):
+            store.read_tail(key, 64)
+    store.put_bytes(KEY2, b"x")
+    with pytest.raises(ObjectNotFound):
+        store.open(KEY)
+
+
+def test_unwritable_store_is_a_store_error(backend, not_root):
+    store = backend.store
+    store.put_bytes(KEY, b"first")
+    backend.root.chmod(0o500)
+    try:
+        with pytest.raises(StoreError) as info:
+            store.put_bytes("other/dir/object.zst", b"x")
+        assert not isinstance(info.value, (ObjectExists, ObjectNotFound))
+    finally:
+        backend.root.chmod(0o700)
+    assert not (backend.root / "other").exists()
+
+
+# ------------------------------------------------------------- SFTP only
+def test_sftp_unknown_host_key_is_refused(sshd, tmp_path):
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    store = open_store(sftp_config(sshd, known_hosts=str(empty)))
+    try:
+        with pytest.raises(StoreError) as info:
+            store.put_bytes(KEY, b"x")
+        assert "known_hosts" in str(info.value)
+        assert str(empty) in str(info.value)
+        assert not isinstance(info.value, (ObjectNotFound, ObjectExists))
+        with pytest.raises(StoreError):
+            store.open(KEY)
+    finally:
+        store.close()
+    assert disk_tree(sshd.directory) == []
+    # never learnt: the known_hosts file is left as it was
+    assert empty.read_text() == ""
+
+
+def test_sftp_wrong_host_key_is_refused(sshd, tmp_path):
+    wrong = sshd.wrong_known_hosts(tmp_path / "wrong_known_hosts")
+    content = wrong.read_text()
+    store = open_store(sftp_config(sshd, known_hosts=str(wrong)))
+    try:
+        with pytest.raises(StoreError) as info:
+            store.put_bytes(KEY, b"x")
+        assert "known_hosts" in str(info.value)
+        assert not isinstance(info.value, (ObjectNotFound, ObjectExists))
+        with pytest.raises(StoreError) as info:
+            store.exists(KEY)
+        assert not isinstance(info.value, ObjectNotFound)
+    finally:
+        store.close()
+    assert disk_tree(sshd.directory) == []
+    assert wrong.read_text() == content
+
+
+def test_sftp_missing_known_hosts_file_is_a_config_error(sshd, tmp_path):
+    with pytest.raises(ConfigError) as info:
+        open_store(sftp_config(sshd, known_hosts=str(tmp_path / "absent")))
+    assert "known_hosts" in str(info.value)
+
+
+def test_sftp_key_file_readable_by_others_is_a_config_error(sshd, tmp_path, not_root):
+    key = tmp_path / "id_loose"
+    key.write_bytes(sshd.key_file.read_bytes())
+    key.chmod(0o644)
+    with pytest.raises(ConfigError) as info:
+        open_store(sftp_config(sshd, key_file=str(key)))
+    assert str(key) in str(info.value)
+    assert info.value.exit_code == 3
+
+
+def test_sftp_missing_key_file_is_a_config_error(sshd, tmp_path):
+    with pytest.raises(ConfigError):
+        open_store(sftp_config(sshd, key_file=str(tmp_path / "absent_key")))
+
+
+def test_sftp_no_credentials_is_a_config_error(sshd):
+    with pytest.raises(ConfigError):
+        open_store(sftp_config(sshd, key_file="", password_env=""))
+
+
+def _encrypted_key(sshd, tmp_path, passphrase: str, kind: str) -> Path:
+    path = tmp_path / f"id_encrypted_{kind}"
+    args = ["ssh-keygen", "-q", "-N", passphrase, "-C", "wk-encrypted", "-f", str(path)]
+    args += ["-t", "ed25519"] if kind == "ed25519" else ["-t", "rsa", "-b", "2048", "-m", "PEM"]
+    subprocess.run(args, check=True, stdin=subprocess.DEVNULL, capture_output=True)
+    path.chmod(0o600)
+    with open(sshd.authorized_keys, "a") as f:
+        f.write(Path(f"{path}.pub").read_text())
+    return path
+
+
+@pytest.mark.parametrize("kind", ["ed25519", "rsa-pem"])
+def test_sftp_encrypted_key(sshd, tmp_path, monkeypatch, kind):
+    passphrase = "pass-phrase-XYZZY-42"
+    key = _encrypted_key(sshd, tmp_path, passphrase, kind)
+    monkeypatch.delenv("WK_TEST_KEY_PASSPHRASE", raising=False)
+
+    # no key_passphrase_env: a clear configuration error
+    with pytest.raises(ConfigError) as info:
+        open_store(sftp_config(sshd, key_file=str(key)))
+    assert "passphrase" in str(info.value) or "encrypted" in str(info.value)
+
+    # key_passphrase_env names an unset variable
+    with pytest.raises(ConfigError) as info:
+        open_store(sftp_config(sshd, key_file=str(key), key_passphrase_env="WK_TEST_KEY_PASSPHRASE"))
+    assert "WK_TEST_KEY_PASSPHRASE" in str(info.value)
+
+    # the wrong passphrase: configuration error, passphrase not shown
+    monkeypatch.setenv("WK_TEST_KEY_PASSPHRASE", "wrong-guess-QWERTY")
+    with pytest.raises(ConfigError) as info:
+        open_store(sftp_config(sshd, key_file=str(key), key_passphrase_env="WK_TEST_KEY_PASSPHRASE"))
+    assert "wrong-guess-QWERTY" not in str(info.value)
+    assert "wrong-guess-QWERTY" not in info.value.line()
+    assert passphrase not in str(info.value)
+
+    # the right one works end to end
+    monkeypatch.setenv("WK_TEST_KEY_PASSPHRASE", passphrase)
+    store = open_store(sftp_config(sshd, key_file=str(key), key_passphrase_env="WK_TEST_KEY_PASSPHRASE"))
+    try:
+        store.put_bytes(KEY, b"via encrypted key")
+        assert read_all(store.open(KEY)) == b"via encrypted key"
+        assert passphrase not in repr(store.cfg)
+    finally:
+        store.close()
+
+
+def test_sftp_password_auth(sshd, monkeypatch):
+    if sshd.password is None:
+        pytest.skip("no test password for sshd (bin/test sets one for wktest when run as root)")
+    monkeypatch.setenv("WK_TEST_SFTP_PASSWORD", sshd.password)
+    store = open_store(sftp_config(sshd, key_file="", password_env="WK_TEST_SFTP_PASSWORD"))
+    try:
+        store.put_bytes(KEY, b"via password")
+        assert read_all(store.open(KEY)) == b"via password"
+        assert sshd.password not in repr(store.cfg)
+        assert sshd.password not in store.location
+    finally:
+        store.close()
+
+    wrong = "Wr0ng-Pa55word-" + sshd.password[:4][::-1]
+    monkeypatch.setenv("WK_TEST_SFTP_PASSWORD", wrong)
+    store = open_store(sftp_config(sshd, key_file="", password_env="WK_TEST_SFTP_PASSWORD"))
+    try:
+        with pytest.raises(StoreError) as info:
+            store.put_bytes(KEY2, b"x")
+        text = str(info.value)
+        assert wrong not in text and sshd.password not in text
+        assert not isinstance(info.value, (ObjectNotFound, ObjectExists))
+    finally:
+        store.close()
+    assert not (sshd.directory / KEY2).exists()
+
+
+def test_sftp_password_env_unset_is_a_config_error(sshd, monkeypatch):
+    monkeypatch.delenv("WK_TEST_UNSET_PASSWORD", raising=False)
+    with pytest.raises(ConfigError) as info:
+        open_store(sftp_config(sshd, key_file="", password_env="WK_TEST_UNSET_PASSWORD"))
+    assert "WK_TEST_UNSET_PASSWORD" in str(info.value)
+
+
+def test_sftp_connection_killed_during_upload(sshd):
+    cfg = sftp_config(sshd)
+    store = open_store(cfg)
+    try:
+        up = store.begin_put(KEY)
+        up.write(payload(200_000))
+        assert sshd.wait_connections(1)
+        assert sshd.kill_connections()
+
+        def finish():
+            for _ in range(32):
+                up.write(payload(64 * 1024, seed=2))
+            up.commit()
+            return "committed"
+
+        result = run_bounded(finish, 60)
+        assert result != "HUNG", "write/commit hung after the connection was killed"
+        assert isinstance(result, StoreError), f"expected StoreError, got {result!r}"
+        assert not isinstance(result, (ObjectExists, ObjectNotFound))
+    finally:
+        store.close()
+    # no object under the final name: only (maybe) a recognisable temporary
+    assert not (sshd.directory / KEY).exists()
+    for p in disk_tree(sshd.directory / DIR):
+        assert p.startswith(".tmp-")
+
+    fresh = open_store(cfg)
+    try:
+        data = payload(300_000, seed=3)
+        fresh.put_bytes(KEY, data)
+        assert read_all(fresh.open(KEY)) == data
+    finally:
+        fresh.close()
+
+
+def test_sftp_connection_killed_then_same_store_reports_errors_not_hangs(sshd):
+    store = open_store(sftp_config(sshd))
+    try:
+        store.put_bytes(KEY, b"x")
+        assert sshd.kill_connections()
+        result = run_bounded(lambda: store.put_bytes(KEY2, b"y"), 60)
+        assert result != "HUNG"
+        # Either it reconnected and stored it, or it said why not.
+        assert result is None or isinstance(result, StoreError), repr(result)
+    finally:
+        store.close()
+
+
+def test_sftp_reconnects_after_dropped_idle_connection(sshd):
+    """`store.retries` is documented as "attempts on transient errors, with
+    backoff": a connection dropped between two operations (server restart,
+    NAT or firewall idle timeout during a long basebackup) is such an error,
+    so the same store object must reconnect for the next operation."""
+    store = open_store(sftp_config(sshd, retries=3))
+    try:
+        store.put_bytes(KEY, b"before")
+        assert sshd.kill_connections()
+        result = run_bounded(lambda: store.put_bytes(KEY2, b"after"), 60)
+        assert result is None, f"put after a dropped idle connection: {result!r}"
+        assert read_all(store.open(KEY2)) == b"after"
+        assert store.exists(KEY)
+    finally:
+        store.close()
+
+
+def test_sftp_frozen_server_during_read_times_out(sshd):
+    cfg = sftp_config(sshd, timeout=2)
+    store = open_store(cfg)
+    data = payload(32 * MiB, seed=4)
+    try:
+        store.put_bytes(KEY, data)
+        reader = store.open(KEY)
+        first = reader.read(MiB)
+        assert first == data[:MiB]
+        assert sshd.freeze_connections()
+
+        def drain():
+            got = len(first)
+            while True:
+                b = reader.read(MiB)
+                if not b:
+                    return ("eof", got)
+                got += len(b)
+
+        try:
+            result = run_bounded(drain, 90)
+        finally:
+            sshd.thaw_connections()
+        assert result != "HUNG", "read hung on a frozen server despite timeout=2"
+        assert isinstance(result, StoreError), f"expected StoreError, got {result!r}"
+        assert "timed out" in str(result) or "closed" in str(result)
+        reader.close()
+    finally:
+        sshd.thaw_connections()
+        store.close()

@@ -1,0 +1,90 @@
+"""Moving one object between the local machine and the stores, as streams.
+
+put_stream: read once, encode once, write to every store (the fan-out that push,
+basebackup and dump share). fetch_to_file: bring one object back verified, and
+publish it atomically only once its checksum matched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from walkeeper.errors import ObjectExists, StoreError
+from walkeeper.objects import Encoder, Trailer, decode
+
+
+@dataclass
+class FanOut:
+    trailer: Trailer | None = None
+    stored: list = field(default_factory=list)          # stores now holding the object
+    taken: list = field(default_factory=list)           # stores where the name already existed
+    errors: dict[str, StoreError] = field(default_factory=dict)
+
+
+def put_stream(stores: list, key: str, chunks: Iterable[bytes], codec: str, level: int,
+               size_hint: int | None = None) -> FanOut:
+    """Encode `chunks` once into every store under `key`, never replacing an object.
+
+    A store that fails is dropped from the fan-out and reported in .errors; the
+    others carry on. An exception from `chunks` aborts every upload and propagates.
+    """
+    out = FanOut()
+    uploads = {}
+    for s in stores:
+        try:
+            uploads[s] = s.begin_put(key)
+        except StoreError as exc:
+            out.errors[s.name] = exc
+    if not uploads:
+        return out
+    enc = Encoder(codec, level, size_hint)
+    try:
+        for chunk in enc.run(chunks):
+            for s, up in list(uploads.items()):
+                try:
+                    up.write(chunk)
+                except StoreError as exc:
+                    out.errors[s.name] = exc
+                    del uploads[s]
+            if not uploads:
+                return out
+    except BaseException:
+        for up in uploads.values():
+            up.abort()
+        raise
+    out.trailer = enc.trailer
+    for s, up in uploads.items():
+        try:
+            up.commit()
+            out.stored.append(s)
+        except ObjectExists:
+            out.taken.append(s)
+        except StoreError as exc:
+            out.errors[s.name] = exc
+    return out
+
+
+def fetch_to_file(store, key: str, dest: str) -> Trailer:
+    """Write the verified content of `key` to `dest` atomically.
+
+    Raises ObjectNotFound, CorruptObject or StoreError; `dest` is untouched then.
+    """
+    reader = store.open(key)
+    directory, base = os.path.split(os.path.abspath(dest))
+    tmp = os.path.join(directory, f".{base}.wk-{os.urandom(4).hex()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            trailer = decode(reader.read, f.write)
+        os.replace(tmp, dest)
+        return trailer
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    finally:
+        reader.close()
