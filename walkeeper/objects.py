@@ -159,46 +159,70 @@ class _Body:
             return data
 
 
-def decode(read: Callable[[int], bytes], write: Callable[[bytes], object] | None) -> Trailer:
-    """Read a stored object through `read`, verify it, pass original bytes to `write`.
+class ObjectReader:
+    """A stored object read as its original bytes (a file-like `read`).
 
-    Bytes reach `write` (in pieces of at most CHUNK bytes) before the whole object
-    is verified, so the caller must write to a temporary place and only publish it
-    when decode returns. Raises CorruptObject on any mismatch: header, codec
-    stream, size or checksum.
+    Bytes are returned before the whole object is verified; the checks (codec
+    stream, sizes, checksum) run when the end is reached, and a mismatch raises
+    CorruptObject from that last read. So a caller must keep what it read
+    somewhere temporary until read() has returned b"".
     """
-    codec = unpack_header(_read_exact(read, HEADER_SIZE))
-    digest = hashlib.sha256()
-    size = 0
-    body = _Body(read)
-    if codec == "zstd":
-        import zstandard
 
-        source = zstandard.ZstdDecompressor().stream_reader(body, read_size=CHUNK,
-                                                            read_across_frames=False)
-    else:
-        source = body
-    while True:
+    def __init__(self, read: Callable[[int], bytes]):
+        codec = unpack_header(_read_exact(read, HEADER_SIZE))
+        self._body = _Body(read)
+        self._digest = hashlib.sha256()
+        self._size = 0
+        self.trailer: Trailer | None = None
+        if codec == "zstd":
+            import zstandard
+
+            self._source = zstandard.ZstdDecompressor().stream_reader(
+                self._body, read_size=CHUNK, read_across_frames=False)
+        else:
+            self._source = self._body
+
+    def read(self, n: int = CHUNK) -> bytes:
+        if self.trailer is not None:
+            return b""
+        n = CHUNK if n is None or n < 0 else min(n, CHUNK)
         try:
-            data = source.read(CHUNK)
+            data = self._source.read(n)
         except Exception as exc:  # zstandard.ZstdError
             raise CorruptObject(f"compressed stream is damaged: {exc}") from None
+        if data:
+            self._digest.update(data)
+            self._size += len(data)
+            return data
+        self._finish()
+        return b""
+
+    def _finish(self) -> None:
+        body = self._body
+        while body.read(CHUNK):     # anything after the zstd frame is counted, then refused
+            pass
+        trailer = unpack_trailer(body.tail)
+        if body.size != trailer.body_size:
+            raise CorruptObject(f"body is {body.size} bytes, trailer says {trailer.body_size}")
+        if self._size != trailer.original_size:
+            raise CorruptObject(f"content is {self._size} bytes, trailer says "
+                                f"{trailer.original_size}")
+        if self._digest.digest() != trailer.sha256:
+            raise CorruptObject(f"checksum mismatch: content {self._digest.hexdigest()}, "
+                                f"recorded {trailer.checksum}")
+        self.trailer = trailer
+
+
+def decode(read: Callable[[int], bytes], write: Callable[[bytes], object] | None) -> Trailer:
+    """Read a stored object through `read`, verify it, pass original bytes to `write`
+    in pieces of at most CHUNK bytes (see ObjectReader about when to trust them)."""
+    r = ObjectReader(read)
+    while True:
+        data = r.read(CHUNK)
         if not data:
-            break
-        digest.update(data)
-        size += len(data)
+            return r.trailer
         if write is not None:
             write(data)
-    while body.read(CHUNK):     # anything after the zstd frame is counted, then refused
-        pass
-    trailer = unpack_trailer(body.tail)
-    if body.size != trailer.body_size:
-        raise CorruptObject(f"body is {body.size} bytes, trailer says {trailer.body_size}")
-    if size != trailer.original_size:
-        raise CorruptObject(f"content is {size} bytes, trailer says {trailer.original_size}")
-    if digest.digest() != trailer.sha256:
-        raise CorruptObject(f"checksum mismatch: content {digest.hexdigest()}, recorded {trailer.checksum}")
-    return trailer
 
 
 def _read_exact(read: Callable[[int], bytes], n: int) -> bytes:
