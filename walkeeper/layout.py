@@ -56,3 +56,54 @@ def check_key(key: str) -> str:
             or any(p in (".", "..") for p in parts):
         raise ValueError(f"refusing unsafe object name {key!r}")
     return key
+
+
+# Base backups and logical dumps:
+#
+#    <cluster>/backups/<ID>/base.tar<suffix>       the tar pg_basebackup wrote
+#    <cluster>/backups/<ID>/backup.json            metadata: written last, the completion mark
+#    <cluster>/dumps/<ID>/<DATABASE>.dump<suffix>  pg_dump -Fc of one database
+#    <cluster>/dumps/<ID>/dump.json                metadata: written last
+#
+# ID is the UTC start time, YYYYMMDDTHHMMSSZ, with -2, -3, ... when already taken.
+
+BACKUP_META = "backup.json"
+DUMP_META = "dump.json"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def backups_dir(cluster: str) -> str:
+    return f"{cluster}/backups"
+
+
+def backup_dir(cluster: str, backup_id: str) -> str:
+    return f"{cluster}/backups/{backup_id}"
+
+
+def backup_meta_key(cluster: str, backup_id: str) -> str:
+    return f"{backup_dir(cluster, backup_id)}/{BACKUP_META}"
+
+
+def backup_file_key(cluster: str, backup_id: str, name: str, codec: str) -> str:
+    return f"{backup_dir(cluster, backup_id)}/{name}{SUFFIX[codec]}"
+
+
+def dumps_dir(cluster: str) -> str:
+    return f"{cluster}/dumps"
+
+
+def dump_dir(cluster: str, dump_id: str) -> str:
+    return f"{cluster}/dumps/{dump_id}"
+
+
+def dump_meta_key(cluster: str, dump_id: str) -> str:
+    return f"{dump_dir(cluster, dump_id)}/{DUMP_META}"
+
+
+def dump_file_key(cluster: str, dump_id: str, database: str, codec: str) -> str:
+    """A database name may hold any character; the key keeps the safe ones
+    (dump.json records the real name)."""
+    safe = _UNSAFE.sub("_", database)
+    if not safe or not safe[0].isalnum():
+        safe = "_" + safe
+    return f"{dump_dir(cluster, dump_id)}/{safe}.dump{SUFFIX[codec]}"

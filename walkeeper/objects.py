@@ -94,8 +94,10 @@ def _compressor(codec: str, level: int, size_hint: int | None):
     import zstandard
 
     # Two worker threads: push compresses one segment at a time, and on a
-    # 2-core machine this nearly halves the wall time of a 16 MiB segment.
-    cctx = zstandard.ZstdCompressor(level=level, threads=2 if (size_hint or 0) > 4 * CHUNK else 0)
+    # 2-core machine this nearly halves the wall time of a 16 MiB segment; a
+    # stream of unknown size (a backup) is large by nature.
+    big = size_hint is None or size_hint > 4 * CHUNK
+    cctx = zstandard.ZstdCompressor(level=level, threads=2 if big else 0)
     return cctx.compressobj(size=size_hint if size_hint is not None else -1)
 
 

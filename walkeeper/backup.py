@@ -1,0 +1,464 @@
+"""basebackup: pg_basebackup streamed, compressed and checksummed into every store.
+
+    pg_basebackup -D - -Ft -X none -> encode once -> <cluster>/backups/<ID>/base.tar.zst
+                                                      in every store
+
+-X none: the WAL comes from our archive, and the server does not end the backup
+before the WAL it needs is archived. The backup's start point comes from the
+backup_label at the head of the tar stream (pg_basebackup -v prints no LSNs with
+-X none); its stop point and times from the `.backup` history file PostgreSQL
+archives at backup stop. The metadata (backup.json) is the completion mark: it is
+written last, once every store holds the tar and the WAL from the start to the
+stop segment. A crash before that leaves only `.tmp-` uploads or a backup without
+metadata, which nothing takes for restorable.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+
+from walkeeper import log, pg, state
+from walkeeper.config import Config
+from walkeeper.errors import (CorruptObject, ObjectNotFound, OperationFailed, StoreError,
+                              UsageError)
+from walkeeper.layout import (backup_file_key, backup_meta_key, backups_dir,
+                              identity_key, wal_dir, wal_keys)
+from walkeeper.model import BackupFile, BackupInfo
+from walkeeper.objects import CHUNK, HEADER_SIZE, TRAILER_SIZE, Trailer, decode
+from walkeeper.stores import open_stores
+from walkeeper.transfer import put_stream
+from walkeeper.wal import Segment, format_lsn, parse_lsn, parse_wal_name
+
+WAL_WAIT = 60.0           # seconds for the backup's WAL to show up in every store
+HISTORY_WAIT = 30.0       # seconds for the .backup history file
+
+
+# ------------------------------------------------------------------ streaming
+
+class Progress:
+    """One stderr line rewritten with \\r: bytes read, rate, ETA."""
+
+    def __init__(self, total: int | None, enabled: bool, what: str = "read"):
+        self.total = total or None
+        self.enabled = enabled
+        self.what = what
+        self.done = 0
+        self.started = time.monotonic()
+        self._shown = 0.0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.enabled and now - self._shown >= 0.5:
+            self._shown = now
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        elapsed = max(now - self.started, 1e-6)
+        rate = self.done / elapsed
+        text = f"{_size(self.done)} {self.what}, {_size(rate)}/s"
+        if self.total:
+            pct = min(100.0, 100.0 * self.done / self.total)
+            left = max(self.total - self.done, 0) / rate if rate > 0 else None
+            eta = f"{int(left) // 60}:{int(left) % 60:02d}" if left is not None else "?"
+            text += f", {pct:3.0f}% of ~{_size(self.total)}, ETA {eta}"
+        sys.stderr.write(f"\r{text:<72}")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self._draw(time.monotonic())
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+class _Watch:
+    """A backup must reach every store: the first store that fails stops the stream
+    (put_stream alone would carry on with the others for hours)."""
+
+    def __init__(self):
+        self.error: StoreError | None = None
+
+
+class _WatchedUpload:
+    def __init__(self, upload, watch: _Watch):
+        self.upload = upload
+        self.watch = watch
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.upload.write(data)
+        except StoreError as exc:
+            self.watch.error = self.watch.error or exc
+            raise
+
+    def commit(self) -> None:
+        self.upload.commit()
+
+    def abort(self) -> None:
+        self.upload.abort()
+
+
+class _WatchedStore:
+    def __init__(self, store, watch: _Watch):
+        self.store = store
+        self.name = store.name
+        self.location = store.location
+        self.watch = watch
+
+    def begin_put(self, key: str) -> _WatchedUpload:
+        try:
+            return _WatchedUpload(self.store.begin_put(key), self.watch)
+        except StoreError as exc:
+            self.watch.error = self.watch.error or exc
+            raise
+
+
+class _Abandon(Exception):
+    pass
+
+
+def stream_program(argv: list[str], env: dict[str, str], stores: list, key: str,
+                   config: Config, observe=None) -> tuple[Trailer, str]:
+    """Run a program and store its stdout under `key` in every store, or in none.
+
+    Returns (trailer, the program's stderr). The object is committed only if the
+    program exited 0 and every store took every byte; otherwise OperationFailed,
+    and the uploads are aborted (a kill -9 of walkeeper leaves `.tmp-` objects).
+    """
+    program = argv[0].rsplit("/", 1)[-1]
+    proc = pg.start(argv, env)
+    errlines: collections.deque[str] = collections.deque(maxlen=200)
+
+    def drain():
+        for raw in proc.stderr:
+            line = raw.decode(errors="replace").rstrip("\n")
+            errlines.append(line)
+            log.debug(line)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    watch = _Watch()
+
+    def chunks():
+        while True:
+            if watch.error is not None:
+                raise _Abandon()
+            data = proc.stdout.read(CHUNK)
+            if not data:
+                break
+            if observe is not None:
+                observe(data)
+            yield data
+        rc = proc.wait()
+        reader.join(timeout=10)
+        if rc != 0:
+            raise OperationFailed(f"{program} failed (exit {rc}): "
+                                  f"{pg.last_line(chr(10).join(errlines))}")
+
+    try:
+        out = put_stream([_WatchedStore(s, watch) for s in stores], key, chunks(),
+                         config["compression.algorithm"], config["compression.level"])
+    except _Abandon:
+        raise OperationFailed(f"{watch.error}; abandoned: the copy must reach every store") \
+            from None
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except Exception:
+                proc.kill()
+                proc.wait()
+        reader.join(timeout=10)
+    problems = [str(e) for e in out.errors.values()]
+    problems += [f"store {s.name!r}: {key} already exists" for s in out.taken]
+    if problems or out.trailer is None:
+        for s in out.stored:
+            _delete(s.store, key)
+        raise OperationFailed("; ".join(problems) or f"{key} was stored nowhere")
+    return out.trailer, "\n".join(errlines)
+
+
+def _delete(store, key: str) -> None:
+    try:
+        store.delete(key)
+    except StoreError as exc:
+        log.warn(f"cannot remove {key} from {store.name}: {exc}")
+
+
+def stored_size(t: Trailer) -> int:
+    return HEADER_SIZE + t.body_size + TRAILER_SIZE
+
+
+def new_id(stores: list, parent: str, now: datetime | None = None) -> str:
+    """UTC time YYYYMMDDTHHMMSSZ, with -2, -3, ... if a store already has it."""
+    base = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    taken: set[str] = set()
+    for s in stores:
+        taken |= {e.name for e in s.list(parent)}
+    candidate, n = base, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
+
+
+def write_metadata(stores: list, key: str, doc: dict) -> None:
+    data = (json.dumps(doc, indent=2) + "\n").encode()
+    failed = []
+    for s in stores:
+        try:
+            s.put_bytes(key, data)
+        except StoreError as exc:
+            failed.append(str(exc))
+    if failed:
+        ok = len(stores) - len(failed)
+        raise OperationFailed(f"cannot write {key}: {'; '.join(failed)}"
+                              + (f" (complete in {ok} other store(s))" if ok else ""))
+
+
+# ---------------------------------------------------------------- WAL checks
+
+def read_wal_file(stores: list, cluster: str, name: str, codec: str) -> bytes | None:
+    """The verified content of an archived WAL-layout file from the first store
+    holding a good copy; None when no store has one."""
+    keys = wal_keys(cluster, parse_wal_name(name), codec)
+    for s in stores:
+        for key in keys:
+            try:
+                reader = s.open(key)
+            except ObjectNotFound:
+                continue
+            except StoreError as exc:
+                log.debug(str(exc))
+                break
+            buf = io.BytesIO()
+            try:
+                decode(reader.read, buf.write)
+                return buf.getvalue()
+            except (CorruptObject, StoreError) as exc:
+                log.warn(f"store {s.name!r}: {key}: {exc}; trying the next store")
+                break
+            finally:
+                reader.close()
+    return None
+
+
+def missing_wal(store, cluster: str, segments: list[Segment], codec: str) -> list[str]:
+    """Names of the segments absent from this store (one listing per directory)."""
+    listed: dict[str, set[str]] = {}
+    missing = []
+    for seg in segments:
+        wal = parse_wal_name(seg.name)
+        d = wal_dir(cluster, wal)
+        if d not in listed:
+            listed[d] = {e.name for e in store.list(d) if not e.is_dir}
+        if not any(k.rsplit("/", 1)[1] in listed[d] for k in wal_keys(cluster, wal, codec)):
+            missing.append(seg.name)
+    return missing
+
+
+def wait_for_wal(stores: list, cluster: str, segments: list[Segment], codec: str,
+                 timeout: float | None = None) -> None:
+    timeout = WAL_WAIT if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    while True:
+        problems = []
+        for s in stores:
+            try:
+                gone = missing_wal(s, cluster, segments, codec)
+            except StoreError as exc:
+                problems.append(str(exc))
+                continue
+            if gone:
+                more = f" and {len(gone) - 1} more" if len(gone) > 1 else ""
+                problems.append(f"store {s.name!r} lacks {gone[0]}{more}")
+        if not problems:
+            return
+        if time.monotonic() > deadline:
+            raise OperationFailed(
+                f"the WAL of the backup ({segments[0].name} to {segments[-1].name}) is not in "
+                f"every store after {timeout:.0f} s: {'; '.join(problems)}",
+                hint="check archive_command and pg_stat_archiver; the backup was not completed")
+        time.sleep(0.5)
+
+
+def _check_identity(stores: list, cluster: str, sysid: int) -> None:
+    for s in stores:
+        try:
+            reader = s.open(identity_key(cluster))
+        except ObjectNotFound:
+            continue
+        try:
+            stored = int(json.loads(reader.read(1 << 16))["system_identifier"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        finally:
+            reader.close()
+        if stored != sysid:
+            raise OperationFailed(
+                f"the server is database system {sysid} but store {s.name!r} holds the archive "
+                f"of system {stored} under cluster {cluster!r}: refusing to mix two clusters")
+
+
+# ---------------------------------------------------------------- the backup
+
+def take_basebackup(config: Config, label: str | None = None,
+                    progress: bool = False) -> BackupInfo:
+    """Take a base backup into every store; return its metadata (written last)."""
+    backup_id = ""
+    try:
+        info = pg.server_info(config["postgres.conninfo"])
+        _refuse(info)
+        if label is not None and (not label.strip() or "\n" in label or len(label) > 1000):
+            raise UsageError("--label must be one line of at most 1000 characters")
+        stores = open_stores(config)
+        try:
+            _check_identity(stores, config.cluster, info["system_identifier"])
+            backup_id = new_id(stores, backups_dir(config.cluster))
+            result = _take(config, info, backup_id, label or f"walkeeper {backup_id}",
+                           progress, stores)
+        finally:
+            for s in stores:
+                s.close()
+    except StoreError as exc:
+        raise OperationFailed(f"{exc}; no backup was completed") from None
+    state.record_success(config.state_dir, "backup", id=result.id,
+                         stop_time=result.stop_time.isoformat(),
+                         size=result.files[0].size, stored_bytes=result.stored_bytes,
+                         stores=list(result.stored_bytes))
+    return result
+
+
+def _refuse(info: dict) -> None:
+    if info["tablespaces"]:
+        spaces = ", ".join(f"{t['name']} ({t['location']})" for t in info["tablespaces"])
+        raise OperationFailed(f"the cluster has tablespaces outside the data directory: "
+                              f"{spaces}; walkeeper cannot back them up yet (pg_basebackup "
+                              f"writes only one tablespace to a stream)")
+    if info["archive_mode"] == "off":
+        raise OperationFailed("archive_mode is off: a backup without archived WAL cannot be "
+                              "restored", hint="set archive_mode = on and archive_command = "
+                              "'walkeeper push %p %f', then restart PostgreSQL")
+
+
+def _take(config: Config, info: dict, backup_id: str, label: str, progress: bool,
+          stores: list) -> BackupInfo:
+    cluster = config.cluster
+    codec = config["compression.algorithm"]
+    seg_size = info["wal_segment_size"]
+    conninfo, env = pg.program_env(config["postgres.conninfo"])
+    argv = [pg.find_program("pg_basebackup", config["postgres.bindir"]),
+            *(["-d", conninfo] if conninfo else []),
+            "-D", "-", "-Ft", "-X", "none", "-c", "fast", "-v", "--no-password", "-l", label]
+    key = backup_file_key(cluster, backup_id, "base.tar", codec)
+    sniffer = pg.TarSniffer()
+    bar = Progress(info["database_bytes"], progress)
+
+    def observe(data: bytes) -> None:
+        sniffer.feed(data)
+        bar.update(len(data))
+
+    log.debug(f"backup {backup_id}: {argv[0]} into {key}")
+    started = datetime.now(timezone.utc)
+    try:
+        trailer, _ = stream_program(argv, env, stores, key, config, observe)
+    finally:
+        bar.finish()
+    ended = datetime.now(timezone.utc)
+    try:
+        meta = _locate(config, info, stores, sniffer, started, ended)
+        stop_seg = Segment.containing(meta["stop_tli"], max(meta["stop_lsn"] - 1, 0), seg_size)
+        start_seg = Segment.containing(meta["start_tli"], meta["start_lsn"], seg_size)
+        segments = [Segment.from_number(stop_seg.timeline, n, seg_size)
+                    for n in range(start_seg.number(seg_size), stop_seg.number(seg_size) + 1)]
+        if start_seg.timeline != stop_seg.timeline:
+            segments[0] = start_seg
+        wait_for_wal(stores, cluster, segments, codec)
+        result = BackupInfo(
+            id=backup_id, label=meta["label"] or label, start_time=meta["start_time"],
+            stop_time=meta["stop_time"], start_lsn=meta["start_lsn"], stop_lsn=meta["stop_lsn"],
+            timeline=meta["start_tli"], start_wal=start_seg.name, stop_wal=stop_seg.name,
+            pg_version=info["server_version_num"], system_identifier=info["system_identifier"],
+            wal_segment_size=seg_size, database_bytes=info["database_bytes"],
+            stored_bytes={s.name: stored_size(trailer) for s in stores},
+            files=[BackupFile("base.tar", key, trailer.original_size, stored_size(trailer),
+                              trailer.checksum)])
+        write_metadata(stores, backup_meta_key(cluster, backup_id), result.to_json())
+    except BaseException:
+        for s in stores:
+            _delete(s, key)
+        raise
+    log.debug(f"backup {backup_id} complete: {format_lsn(result.start_lsn)} to "
+              f"{format_lsn(result.stop_lsn)}, {trailer.original_size} bytes")
+    return result
+
+
+def _location(value: str) -> int:
+    """`0/2000028 (file 000000010000000000000002)` -> the LSN."""
+    return parse_lsn(value.split(" ", 1)[0])
+
+
+def _locate(config: Config, info: dict, stores: list, sniffer: pg.TarSniffer,
+            started: datetime, ended: datetime) -> dict:
+    """Start and stop of the backup: backup_label from the stream, then the archived
+    .backup history file; the manifest's WAL range when there is none (a standby)."""
+    seg_size = info["wal_segment_size"]
+    tz = info.get("log_timezone")
+    if "backup_label" not in sniffer.files:
+        raise OperationFailed("pg_basebackup's output has no backup_label: not a base backup "
+                              "tar stream; nothing was completed")
+    lab = pg.parse_fields(sniffer.files["backup_label"].decode(errors="replace"))
+    try:
+        start_lsn = _location(lab["START WAL LOCATION"])
+        start_tli = int(lab.get("START TIMELINE", info["timeline"]))
+    except (KeyError, ValueError):
+        raise OperationFailed("cannot read the start point from backup_label") from None
+    meta = {"start_lsn": start_lsn, "start_tli": start_tli, "label": lab.get("LABEL", ""),
+            "start_time": pg.pg_time(lab.get("START TIME", ""), tz) or started}
+    start_seg = Segment.containing(start_tli, start_lsn, seg_size)
+    name = f"{start_seg.name}.{start_lsn % seg_size:08X}.backup"
+    ranges = pg.manifest_wal_ranges(sniffer.files.get("backup_manifest", b""))
+    # A standby writes no history file; a primary has archived it before the
+    # backup ended (the server waits for it), so the wait is for slow listings.
+    wait = 0 if lab.get("BACKUP FROM") == "standby" and ranges else HISTORY_WAIT
+    deadline = time.monotonic() + wait
+    content = read_wal_file(stores, config.cluster, name, config["compression.algorithm"])
+    while content is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        content = read_wal_file(stores, config.cluster, name, config["compression.algorithm"])
+    if content is not None:
+        hist = pg.parse_fields(content.decode(errors="replace"))
+        try:
+            meta["stop_lsn"] = _location(hist["STOP WAL LOCATION"])
+            meta["stop_tli"] = int(hist.get("STOP TIMELINE", start_tli))
+        except (KeyError, ValueError):
+            raise OperationFailed(f"{name} in the archive is not a backup history file") \
+                from None
+        meta["start_time"] = pg.pg_time(hist.get("START TIME", ""), tz) or meta["start_time"]
+        meta["stop_time"] = pg.pg_time(hist.get("STOP TIME", ""), tz) or ended
+        meta["label"] = hist.get("LABEL", meta["label"])
+        return meta
+    if not ranges:
+        raise OperationFailed(f"{name} did not reach the archive within {HISTORY_WAIT:.0f} s "
+                              f"and the backup manifest has no WAL range",
+                              hint="check archive_command and pg_stat_archiver")
+    log.warn(f"{name} is not in the archive; the stop point comes from backup_manifest")
+    meta["stop_tli"], meta["stop_lsn"] = ranges[-1][0], parse_lsn(ranges[-1][2])
+    meta["stop_time"] = ended
+    return meta
