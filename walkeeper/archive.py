@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from collections import namedtuple
 
 from walkeeper import log, state
 from walkeeper.config import Config
@@ -18,7 +18,7 @@ from walkeeper.errors import (ArchiveUnreadable, ConflictError, CorruptObject, N
                               ObjectExists, ObjectNotFound, OperationFailed, StoreError,
                               UsageError)
 from walkeeper.layout import identity_key, wal_keys
-from walkeeper.objects import TRAILER_SIZE, Trailer, read_chunks, sha256_file, unpack_trailer
+from walkeeper.objects import TRAILER_SIZE, read_chunks, sha256_file, unpack_trailer
 from walkeeper.transfer import fetch_to_file, put_stream
 from walkeeper.stores import open_store, open_stores
 from walkeeper.wal import (LONG_PAGE_HEADER_SIZE, WalKind, WalName, check_segment_header,
@@ -34,10 +34,8 @@ def parse_name(name: str) -> WalName:
         raise UsageError(f"{name!r} is not a WAL file name: {exc}") from None
 
 
-@dataclass
-class Existing:
-    key: str
-    trailer: Trailer | None     # None: the stored copy is damaged
+# trailer None: the stored copy is damaged
+Existing = namedtuple("Existing", "key trailer")
 
 
 def _find(store, keys: list[str]) -> Existing | None:

@@ -7,12 +7,38 @@ included, goes through click.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from walkeeper import __version__, log
 from walkeeper.errors import EXIT_ARCHIVE_UNREADABLE, EXIT_FAILED, EXIT_USAGE, WalkeeperError
 
 HOT_COMMANDS = ("push", "fetch")
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _describe_plan(plan, dry_run: bool) -> str:
+    from walkeeper.wal import format_lsn
+
+    b = plan.backup
+    head = "plan (dry run, nothing written)" if dry_run else "recovery plan"
+    return "\n".join([
+        f"{head}:",
+        f"  backup      {b.id} (stop {b.stop_time.isoformat()}, LSN {format_lsn(b.stop_lsn)}, "
+        f"timeline {b.timeline})",
+        f"  timelines   {' -> '.join(map(str, plan.timelines))}",
+        f"  WAL         {plan.first_wal} .. {plan.last_wal} ({len(plan.segments)} segments)",
+        f"  to fetch    {_human(plan.bytes)}",
+        f"  target      {plan.target.kind}"
+        + (f" {plan.target.value}" if plan.target.value is not None else ""),
+    ])
 
 
 def _run(command: str, target: str, config_path: str | None, fn) -> int:
@@ -137,6 +163,132 @@ def _click_main(argv: list[str]) -> int:
     def fetch(config_path, wal_name, dest_path):
         """Restore one WAL file from the first store with a good copy (restore_command)."""
         sys.exit(_fetch(config_path, wal_name, dest_path))
+
+    def run(command: str, fn, target: str = "") -> None:
+        sys.exit(_run(command, target, ctx_config(), fn))
+
+    def ctx_config():
+        return click.get_current_context().find_root().obj
+
+    def emit_json(data: dict) -> None:
+        import json
+
+        click.echo(json.dumps(data, indent=2, default=str))
+
+    @cli.command()
+    @click.option("--label", help="A label stored with the backup.")
+    @click.option("--progress/--no-progress", default=None,
+                  help="Progress bar (default: on a terminal).")
+    @click.option("--json", "as_json", is_flag=True, help="Print the backup's metadata as JSON.")
+    def basebackup(label, progress, as_json):
+        """Take a base backup with pg_basebackup into every store."""
+        def go(cfg):
+            from walkeeper import backup
+
+            show = sys.stderr.isatty() if progress is None else progress
+            info = backup.take_basebackup(cfg, label, show and log.level > log.QUIET)
+            if as_json:
+                emit_json(info.to_json())
+            else:
+                click.echo(f"backup {info.id} complete: {info.start_wal} .. {info.stop_wal}, "
+                           f"{_human(info.database_bytes)} of data, stored as "
+                           + ", ".join(f"{_human(n)} in {s}" for s, n in info.stored_bytes.items()))
+        run("basebackup", go, label or "")
+
+    @cli.command("list")
+    @click.option("--json", "as_json", is_flag=True, help="One JSON object, stable for scripts.")
+    def list_(as_json):
+        """Base backups, dumps, and WAL ranges per timeline with any gaps."""
+        def go(cfg):
+            from walkeeper import listing
+
+            data = listing.list_data(cfg)
+            if as_json:
+                emit_json(data)
+            else:
+                click.echo(listing.render_text(data), nl=False)
+        run("list", go)
+
+    @cli.command()
+    @click.option("--pgdata", required=True, metavar="DIR",
+                  help="Where to restore: must not exist or be empty.")
+    @click.option("--target-time", metavar="TS", help="ISO 8601; no offset: local time.")
+    @click.option("--target-lsn", metavar="LSN")
+    @click.option("--target-xid", metavar="XID")
+    @click.option("--target-name", metavar="NAME", help="A restore point (pg_create_restore_point).")
+    @click.option("--immediate", is_flag=True, help="Stop as soon as the backup is consistent.")
+    @click.option("--latest", is_flag=True, help="Replay to the end of the archive.")
+    @click.option("--target-timeline", default="latest", metavar="latest|current|N",
+                  show_default=True)
+    @click.option("--target-action", type=click.Choice(["pause", "promote", "shutdown"]),
+                  default="pause", show_default=True)
+    @click.option("--exclusive", is_flag=True, help="Stop just before the target, not after it.")
+    @click.option("--backup", "backup_id", metavar="ID", help="Use this backup.")
+    @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+    @click.option("--json", "as_json", is_flag=True)
+    def recover(pgdata, target_time, target_lsn, target_xid, target_name, immediate, latest,
+                target_timeline, target_action, exclusive, backup_id, dry_run, as_json):
+        """Restore a base backup and configure recovery to a target."""
+        from walkeeper.errors import UsageError
+
+        chosen = [(k, v) for k, v in (("time", target_time), ("lsn", target_lsn),
+                                      ("xid", target_xid), ("name", target_name),
+                                      ("immediate", immediate or None),
+                                      ("latest", latest or None)) if v is not None]
+        if len(chosen) != 1:
+            raise click.UsageError("give exactly one target: --target-time, --target-lsn, "
+                                   "--target-xid, --target-name, --immediate or --latest")
+        if target_timeline not in ("latest", "current") and not target_timeline.isdigit():
+            raise click.UsageError(f"--target-timeline {target_timeline!r}: use latest, "
+                                   f"current or a timeline number")
+
+        def go(cfg):
+            from walkeeper import planner, restore
+
+            kind, value = chosen[0]
+            try:
+                target = planner.Target.parse(kind, value if isinstance(value, str) else None)
+            except ValueError as exc:
+                raise UsageError(f"--target-{kind}: {exc}") from None
+            tl = int(target_timeline) if target_timeline.isdigit() else target_timeline
+            options = restore.RecoveryOptions(tl, target_action, not exclusive)
+            plan = restore.recover(cfg, pgdata, target, options, backup_id, dry_run)
+            if as_json:
+                emit_json(plan.to_json())
+                return
+            click.echo(_describe_plan(plan, dry_run))
+            if not dry_run:
+                click.echo(f"restored into {os.path.abspath(pgdata)}; start it with: "
+                           f"pg_ctl -D {os.path.abspath(pgdata)} start")
+        run("recover", go)
+
+    @cli.command()
+    @click.option("--database", metavar="DB", help="Default: the conninfo's database.")
+    @click.option("--json", "as_json", is_flag=True)
+    def dump(database, as_json):
+        """Logical backup of one database with pg_dump (custom format)."""
+        def go(cfg):
+            from walkeeper import dump as dump_mod
+
+            info = dump_mod.take_dump(cfg, database)
+            if as_json:
+                emit_json(info)
+            else:
+                click.echo(f"dump {info['id']} of {info['database']} complete")
+        run("dump", go, database or "")
+
+    @cli.command("restore-dump")
+    @click.argument("dump_id")
+    @click.option("--database", required=True, metavar="DB", help="Restore into this database.")
+    @click.option("--clean", is_flag=True, help="Drop objects before recreating them.")
+    def restore_dump(dump_id, database, clean):
+        """Verify a dump's checksum, then pg_restore it into DB."""
+        def go(cfg):
+            from walkeeper import dump as dump_mod
+
+            dump_mod.restore_dump(cfg, dump_id, database, clean)
+            click.echo(f"dump {dump_id} restored into {database}")
+        run("restore-dump", go, dump_id)
 
     try:
         cli.main(args=argv, prog_name="walkeeper", standalone_mode=False)

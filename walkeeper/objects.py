@@ -18,8 +18,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import BinaryIO
+from collections import namedtuple
 
 from walkeeper.errors import CorruptObject
 
@@ -37,11 +36,8 @@ TRAILER_SIZE = _TRAILER.size  # 64
 CHUNK = 1 << 20
 
 
-@dataclass(frozen=True)
-class Trailer:
-    original_size: int
-    body_size: int
-    sha256: bytes
+class Trailer(namedtuple("Trailer", "original_size body_size sha256")):
+    __slots__ = ()
 
     @property
     def checksum(self) -> str:
@@ -129,7 +125,7 @@ class Encoder:
         yield pack_trailer(self.trailer)
 
 
-def read_chunks(f: BinaryIO, size: int = CHUNK) -> Iterator[bytes]:
+def read_chunks(f, size: int = CHUNK) -> Iterator[bytes]:
     while True:
         b = f.read(size)
         if not b:
@@ -237,7 +233,7 @@ def _read_exact(read: Callable[[int], bytes], n: int) -> bytes:
     return out
 
 
-def sha256_file(f: BinaryIO) -> tuple[int, bytes]:
+def sha256_file(f) -> tuple[int, bytes]:
     digest = hashlib.sha256()
     size = 0
     for chunk in read_chunks(f):

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
-
 from walkeeper import log
 
 FAILURES = "failures.jsonl"
@@ -21,15 +19,15 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def _ensure(state_dir: Path) -> None:
+def _ensure(state_dir: str) -> None:
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
 
 
-def record_success(state_dir: Path, command: str, **fields) -> None:
+def record_success(state_dir: str, command: str, **fields) -> None:
     try:
         _ensure(state_dir)
-        path = state_dir / f"last_{command}.json"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        path = os.path.join(state_dir, f"last_{command}.json")
+        tmp = os.path.join(state_dir, f".last_{command}.json.{os.getpid()}")
         with open(tmp, "w") as f:
             json.dump({"time": _now(), **fields}, f)
         os.replace(tmp, path)
@@ -37,13 +35,13 @@ def record_success(state_dir: Path, command: str, **fields) -> None:
         log.warn(f"cannot record success in {state_dir}: {exc.strerror}")
 
 
-def record_failure(state_dir: Path, command: str, target: str, reason: str) -> None:
+def record_failure(state_dir: str, command: str, target: str, reason: str) -> None:
     try:
         _ensure(state_dir)
-        path = state_dir / FAILURES
+        path = os.path.join(state_dir, FAILURES)
         try:
-            if path.stat().st_size > MAX_FAILURE_LOG:
-                os.replace(path, path.with_suffix(".jsonl.1"))
+            if os.stat(path).st_size > MAX_FAILURE_LOG:
+                os.replace(path, path + ".1")
         except FileNotFoundError:
             pass
         line = json.dumps({"time": _now(), "command": command, "target": target,
@@ -57,9 +55,9 @@ def record_failure(state_dir: Path, command: str, target: str, reason: str) -> N
         log.warn(f"cannot record failure in {state_dir}: {exc.strerror}")
 
 
-def read_json(state_dir: Path, name: str) -> dict | None:
+def read_json(state_dir: str, name: str) -> dict | None:
     try:
-        with open(state_dir / name) as f:
+        with open(os.path.join(state_dir, name)) as f:
             return json.load(f)
     except (OSError, ValueError):
         return None

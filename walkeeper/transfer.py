@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from walkeeper.errors import ObjectExists, StoreError
 from walkeeper.objects import Encoder, Trailer, decode
 
 
-@dataclass
 class FanOut:
-    trailer: Trailer | None = None
-    stored: list = field(default_factory=list)          # stores now holding the object
-    taken: list = field(default_factory=list)           # stores where the name already existed
-    errors: dict[str, StoreError] = field(default_factory=dict)
+    def __init__(self):
+        self.trailer: Trailer | None = None
+        self.stored: list = []            # stores now holding the object
+        self.taken: list = []             # stores where the name already existed
+        self.errors: dict[str, StoreError] = {}
 
 
 def put_stream(stores: list, key: str, chunks: Iterable[bytes], codec: str, level: int,
