@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The push/fetch benchmark in one command:
+#
+#   WALKEEPER_CMD=/path/to/walkeeper bench/run.sh [push_fetch.py options]
+#
+# As root it runs everything as the unprivileged user $WKBENCH_USER (default
+# wkbench, created with `useradd -m` if missing), because PostgreSQL refuses root,
+# and copies the JSON into bench/out/. As any other user it runs push_fetch.py directly.
+# The WAL set is made on first use (bench/make_wal.py, ~10 min) and reused after.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+user=${WKBENCH_USER:-wkbench}
+wal_dir=${WKBENCH_WAL_DIR:-/tmp/walkeeper-bench/wal}
+py=${WKBENCH_PY:-/usr/bin/python3}
+[ -x "$py" ] || py=$(command -v python3)
+
+# With no WALKEEPER_CMD, measure this checkout as users get it: a regular (not
+# editable) install in a venv of its own, readable by the bench user.
+if [ -z "${WALKEEPER_CMD:-}" ]; then
+    venv=$(dirname "$wal_dir")/venv
+    [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall \
+        --no-deps "$here/.." >/dev/null 2>&1 \
+        || "$venv/bin/python" -m pip install -q --disable-pip-version-check "$here/.."
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "$here/.." >/dev/null
+    chmod -R a+rX "$venv"
+    WALKEEPER_CMD=$venv/bin/walkeeper
+fi
+
+# Resolve the walkeeper command now: the bench user's PATH is not ours.
+read -ra words <<< "${WALKEEPER_CMD:-walkeeper}"
+exe=$(command -v "${words[0]}") || {
+    echo "run.sh: walkeeper command not found: ${words[0]} (set WALKEEPER_CMD)" >&2; exit 2; }
+words[0]=$(realpath -s "$exe")   # absolute, symlinks kept (a venv's bin/python must stay)
+printf -v WALKEEPER_CMD '%q ' "${words[@]}"
+export WALKEEPER_CMD WKBENCH_WAL_DIR=$wal_dir
+
+if [ "$(id -u)" != 0 ]; then
+    exec "$py" "$here/push_fetch.py" "$@"
+fi
+
+id -u "$user" >/dev/null 2>&1 || useradd -m "$user"
+parent=$(dirname "$wal_dir")
+[ -d "$parent" ] || install -d -o "$user" -g "$user" "$parent"
+runuser -u "$user" -- test -x "${words[0]}" || {
+    echo "run.sh: $user cannot run ${words[0]} (install walkeeper somewhere readable by all)" >&2
+    exit 2; }
+tmp_out=$(mktemp -d /tmp/walkeeper-bench-out.XXXXXX)
+chown "$user:" "$tmp_out"
+trap 'rm -rf "$tmp_out"' EXIT
+cd /tmp
+rc=0
+runuser -u "$user" -- env WALKEEPER_CMD="$WALKEEPER_CMD" WKBENCH_WAL_DIR="$wal_dir" \
+    "$py" "$here/push_fetch.py" --out-dir "$tmp_out" "$@" || rc=$?
+mkdir -p "$here/out"
+for f in "$tmp_out"/*.json; do
+    [ -e "$f" ] || continue
+    cp "$f" "$here/out/"
+    echo "saved: $here/out/$(basename "$f")"
+done
+exit $rc
