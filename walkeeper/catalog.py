@@ -1,0 +1,380 @@
+"""The catalog: one store read into an ArchiveModel, and what follows from a model.
+
+read_archive lists a cluster's directories (one listing per directory, so an SFTP
+store holding thousands of segments costs a few dozen round trips) and reads only
+small objects: identity.json, .history files and backup.json metadata. Every later
+command (list, recover's planner, verify-chain, expire, status) reasons about the
+model, never about the store.
+
+Nothing the catalog cannot read makes it fail: a damaged history or metadata
+object, or a misplaced file, is left out of the model and named in
+`model.unreadable` for verify-chain to report. Store errors (unreachable, denied)
+propagate as StoreError.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from bisect import bisect_right
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+
+from walkeeper.errors import CorruptObject, ObjectNotFound, OperationFailed
+from walkeeper.layout import BACKUP_META, backup_dir, backups_dir, identity_key, is_temp
+from walkeeper.model import ArchiveModel, BackupInfo, WalObject
+from walkeeper.objects import HEADER_SIZE, SKIPPABLE_MAGIC, SUFFIX, decode
+from walkeeper.wal import DEFAULT_SEGMENT_SIZE, Segment, WalKind, format_lsn, parse_history, \
+    parse_wal_name, valid_segment_size
+
+# History and metadata objects are a few hundred bytes; anything far larger is not one.
+SMALL_OBJECT_LIMIT = 1 << 20
+_SUFFIXES = tuple(SUFFIX.values())
+_HEX16 = frozenset("0123456789ABCDEF")
+
+
+def read_archive(store, cluster: str, *, with_history: bool = True) -> ArchiveModel:
+    """Read one store's view of `cluster` into a model.
+
+    with_history=False skips reading the .history objects (model.histories stays
+    empty): for callers that only need segments and backups.
+    BackupInfo.stored_bytes is replaced by what this store holds for the backup,
+    measured from its listing: {store.name: bytes}.
+    """
+    model = ArchiveModel(wal_segment_size=DEFAULT_SEGMENT_SIZE)
+    _read_identity(store, cluster, model)
+    _read_wal(store, cluster, model, with_history)
+    _read_backups(store, cluster, model)
+    return model
+
+
+def read_small(store, key: str, limit: int = SMALL_OBJECT_LIMIT) -> bytes:
+    """The content of a small object: a walkeeper object is decoded and verified, any
+    other content (plain JSON metadata) is returned as stored. Raises ObjectNotFound,
+    CorruptObject (also for an object larger than `limit`) or StoreError."""
+    reader = store.open(key)
+    try:
+        raw = reader.read(limit + 1)
+        while raw and len(raw) <= limit:
+            more = reader.read(limit + 1 - len(raw))
+            if not more:
+                break
+            raw += more
+    finally:
+        reader.close()
+    if len(raw) > limit:
+        raise CorruptObject(f"larger than {limit} bytes, too large for what it claims to be")
+    if len(raw) >= HEADER_SIZE and int.from_bytes(raw[:4], "little") == SKIPPABLE_MAGIC:
+        out = io.BytesIO()
+        decode(io.BytesIO(raw).read, out.write)
+        return out.getvalue()
+    return raw
+
+
+def read_json(store, key: str) -> dict:
+    """A small JSON object (see read_small); CorruptObject when it does not parse."""
+    data = read_small(store, key)
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CorruptObject(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise CorruptObject("not a JSON object")
+    return value
+
+
+def _read_identity(store, cluster: str, model: ArchiveModel) -> None:
+    key = identity_key(cluster)
+    try:
+        ident = read_json(store, key)
+        sysid = ident.get("system_identifier")
+        model.system_identifier = int(sysid) if sysid is not None else None
+        size = int(ident.get("wal_segment_size", DEFAULT_SEGMENT_SIZE))
+        if not valid_segment_size(size):
+            raise ValueError(f"invalid wal_segment_size {size}")
+        model.wal_segment_size = size
+    except ObjectNotFound:
+        pass
+    except (CorruptObject, ValueError, TypeError) as exc:
+        model.unreadable[key] = f"identity damaged ({exc}); assuming 16 MiB segments"
+
+
+def _object_name(entry_name: str) -> str | None:
+    for suffix in _SUFFIXES:
+        if entry_name.endswith(suffix):
+            return entry_name[:-len(suffix)]
+    return None
+
+
+def _read_wal(store, cluster: str, model: ArchiveModel, with_history: bool) -> None:
+    top = f"{cluster}/wal"
+    subdirs = []
+    # Sorted, so that of a .raw and a .zst copy of one file the choice is stable.
+    for e in sorted(store.list(top), key=lambda e: e.name):
+        if e.is_dir:
+            if len(e.name) == 16 and set(e.name) <= _HEX16:
+                subdirs.append(e.name)
+            continue
+        key = f"{top}/{e.name}"
+        if is_temp(e.name):
+            model.temporary.append(key)
+            continue
+        wal = _parse(_object_name(e.name))
+        if wal is None:
+            continue
+        if wal.kind is not WalKind.HISTORY:
+            model.unreadable[key] = "misplaced: WAL segments belong in a subdirectory"
+            continue
+        if with_history and wal.timeline not in model.histories:
+            _read_history(store, key, wal.timeline, model)
+    for d in subdirs:
+        _read_wal_dir(store, f"{top}/{d}", d, model)
+
+
+def _parse(name: str | None):
+    if name is None:
+        return None
+    try:
+        return parse_wal_name(name)
+    except ValueError:
+        return None
+
+
+def _read_history(store, key: str, timeline: int, model: ArchiveModel) -> None:
+    try:
+        text = read_small(store, key).decode("utf-8", errors="replace")
+        model.histories[timeline] = parse_history(text, timeline)
+    except ObjectNotFound:
+        pass
+    except (CorruptObject, ValueError) as exc:
+        model.unreadable[key] = f"history file unreadable: {exc}"
+
+
+def _read_wal_dir(store, directory: str, dirname: str, model: ArchiveModel) -> None:
+    seg_size = model.wal_segment_size
+    for e in sorted(store.list(directory), key=lambda e: e.name):
+        if e.is_dir:
+            continue
+        key = f"{directory}/{e.name}"
+        if is_temp(e.name):
+            model.temporary.append(key)
+            continue
+        wal = _parse(_object_name(e.name))
+        if wal is None:
+            continue
+        if wal.kind is WalKind.HISTORY or not wal.name.startswith(dirname):
+            # fetch looks for it elsewhere: it is not in the archive as far as recovery goes.
+            model.unreadable[key] = f"misplaced: {wal.name} does not belong in {dirname}/"
+            continue
+        obj = WalObject(wal.name, key, e.size, e.mtime)
+        if wal.kind is not WalKind.SEGMENT:
+            if all(o.name != wal.name for o in model.other):
+                model.other.append(obj)
+            continue
+        try:
+            segno = wal.segment.number(seg_size)
+        except ValueError as exc:
+            model.unreadable[key] = str(exc)
+            continue
+        model.segments.setdefault(wal.timeline, {}).setdefault(segno, obj)
+
+
+def _read_backups(store, cluster: str, model: ArchiveModel) -> None:
+    top = backups_dir(cluster)
+    for d in sorted(store.list(top), key=lambda e: e.name):
+        if not d.is_dir or is_temp(d.name) or d.name.startswith("."):
+            continue
+        directory = backup_dir(cluster, d.name)
+        entries = store.list(directory)
+        measured = 0
+        complete = False
+        for e in entries:
+            if e.is_dir:
+                continue
+            if is_temp(e.name):
+                model.temporary.append(f"{directory}/{e.name}")
+                continue
+            measured += e.size
+            complete = complete or e.name == BACKUP_META
+        if not complete:
+            model.incomplete_backups.append(d.name)
+            continue
+        key = f"{directory}/{BACKUP_META}"
+        try:
+            info = BackupInfo.from_json(read_json(store, key))
+        except ObjectNotFound:
+            model.incomplete_backups.append(d.name)     # removed while we looked
+            continue
+        except (CorruptObject, KeyError, TypeError, ValueError) as exc:
+            model.unreadable[key] = f"backup metadata unreadable: {type(exc).__name__}: {exc}"
+            continue
+        if info.id != d.name:
+            model.unreadable[key] = f"backup metadata names id {info.id!r}, not its directory's"
+            continue
+        info.stored_bytes = {store.name: measured}
+        model.backups.append(info)
+
+
+# ---------------------------------------------------------------- several stores
+
+def merge(models: list[ArchiveModel]) -> ArchiveModel:
+    """The union of several stores' models: what fetch, trying every store in order,
+    can find. Where stores disagree the first (the primary) wins; a backup complete
+    in any store is complete, and its stored_bytes gather every store's."""
+    if not models:
+        return ArchiveModel(wal_segment_size=DEFAULT_SEGMENT_SIZE)
+    first = models[0]
+    out = ArchiveModel(wal_segment_size=first.wal_segment_size)
+    backups: dict[str, BackupInfo] = {}
+    incomplete: list[str] = []
+    for m in models:
+        if m.wal_segment_size != out.wal_segment_size:
+            raise OperationFailed(f"stores disagree on the WAL segment size "
+                                  f"({out.wal_segment_size} and {m.wal_segment_size} bytes): "
+                                  f"they hold archives of different clusters")
+        if out.system_identifier is None:
+            out.system_identifier = m.system_identifier
+        for tli, segs in m.segments.items():
+            mine = out.segments.setdefault(tli, {})
+            for segno, obj in segs.items():
+                mine.setdefault(segno, obj)
+        for tli, hist in m.histories.items():
+            out.histories.setdefault(tli, hist)
+        names = {o.name for o in out.other}
+        out.other += [o for o in m.other if o.name not in names]
+        out.temporary += [k for k in m.temporary if k not in out.temporary]
+        for k, why in m.unreadable.items():
+            out.unreadable.setdefault(k, why)
+        for b in m.backups:
+            if b.id in backups:
+                backups[b.id].stored_bytes.update(b.stored_bytes)
+            else:
+                backups[b.id] = replace(b, stored_bytes=dict(b.stored_bytes))
+        incomplete += [i for i in m.incomplete_backups if i not in incomplete]
+    out.backups = list(backups.values())
+    out.incomplete_backups = [i for i in incomplete if i not in backups]
+    return out
+
+
+# ---------------------------------------------------------------- derived views
+
+def _runs(segnos) -> list[tuple[int, int]]:
+    """Sorted segment numbers -> maximal runs of consecutive numbers (first, last)."""
+    runs: list[tuple[int, int]] = []
+    for n in sorted(segnos):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], n)
+        else:
+            runs.append((n, n))
+    return runs
+
+
+def _run_end(runs: list[tuple[int, int]], n: int) -> int | None:
+    """The last number of the run holding n, or None when n is absent."""
+    i = bisect_right(runs, (n, float("inf"))) - 1
+    if i >= 0 and runs[i][0] <= n <= runs[i][1]:
+        return runs[i][1]
+    return None
+
+
+def wal_ranges(model: ArchiveModel) -> list[dict]:
+    """Per timeline holding segments: first and last segment present, the number
+    present, and gaps as [first_missing, last_missing] segment names."""
+    size = model.wal_segment_size
+    out = []
+    for tli in sorted(model.segments):
+        runs = _runs(model.segments[tli])
+        if not runs:
+            continue
+        def name(n: int) -> str:
+            return Segment.from_number(tli, n, size).name
+
+        gaps = [[name(a[1] + 1), name(b[0] - 1)] for a, b in zip(runs, runs[1:])]
+        out.append({"timeline": tli, "first": name(runs[0][0]), "last": name(runs[-1][1]),
+                    "segments": len(model.segments[tli]), "gaps": gaps})
+    return out
+
+
+@dataclass
+class _Window:
+    timeline: int
+    from_lsn: int
+    to_lsn: int
+    from_time: datetime
+    to_time: datetime | None
+
+
+def _mtime(ts: float) -> datetime | None:
+    # Whole seconds, rounded down: the same for every store (SFTP has no fractions),
+    # and a window end never later than the archive time.
+    return datetime.fromtimestamp(int(ts), timezone.utc).astimezone() if ts else None
+
+
+def recoverable_windows(model: ArchiveModel) -> list[dict]:
+    """Where point-in-time recovery can reach, per timeline.
+
+    From each complete backup whose WAL from start to stop segment is present: from
+    its stop (time, LSN), forward along its timeline over contiguous segments; then
+    onto each child timeline (from .history files) whose switch point that WAL
+    reaches and whose own segments continue from the switch segment. A window on
+    timeline T is the range of targets reachable recovering along T's path, so a
+    child's window starts at the backup's stop too. to_lsn is the end of the last
+    contiguous segment, to_time its archive time (>= every record in it).
+    Overlapping windows on one timeline are merged.
+    """
+    size = model.wal_segment_size
+    runs = {tli: _runs(segs) for tli, segs in model.segments.items()}
+    children: dict[int, list[tuple[int, int]]] = {}
+    for child, hist in model.histories.items():
+        if hist:
+            children.setdefault(hist[-1].timeline, []).append((child, hist[-1].switch_lsn))
+    found: list[_Window] = []
+
+    def follow(tli: int, last: int, b: BackupInfo) -> None:
+        obj = model.segments[tli][last]
+        found.append(_Window(tli, b.stop_lsn, (last + 1) * size, b.stop_time, _mtime(obj.mtime)))
+        for child, switch in sorted(children.get(tli, [])):
+            if switch < b.stop_lsn:
+                continue            # branched off before this backup became consistent
+            k = switch // size
+            # The switch segment itself is read from the child; the parent's WAL is
+            # needed up to the one before it.
+            if last < k - 1:
+                continue
+            end = _run_end(runs.get(child, []), k)
+            if end is not None:
+                follow(child, end, b)
+
+    for b in model.backups:
+        try:
+            start, stop = b.start_segment.number(size), b.stop_segment.number(size)
+        except ValueError:
+            continue
+        end = _run_end(runs.get(b.timeline, []), start)
+        if end is not None and end >= stop:
+            follow(b.timeline, end, b)
+    return [_window_json(w) for w in _merge_windows(found)]
+
+
+def _merge_windows(windows: list[_Window]) -> list[_Window]:
+    out: list[_Window] = []
+    for w in sorted(windows, key=lambda w: (w.timeline, w.from_lsn, w.from_time)):
+        cur = out[-1] if out and out[-1].timeline == w.timeline else None
+        if cur is not None and w.from_lsn <= cur.to_lsn:
+            cur.from_time = min(cur.from_time, w.from_time)
+            if w.to_lsn > cur.to_lsn:
+                cur.to_lsn, cur.to_time = w.to_lsn, w.to_time
+            continue
+        out.append(replace(w))
+    return out
+
+
+def _window_json(w: _Window) -> dict:
+    to_time = w.to_time
+    # A stop segment archived within the second of the backup's stop can show an
+    # earlier mtime (SFTP has whole seconds); the backup's stop itself is reachable.
+    if to_time is None or to_time < w.from_time:
+        to_time = w.from_time
+    return {"timeline": w.timeline, "from_time": w.from_time.isoformat(),
+            "to_time": to_time.isoformat(), "from_lsn": format_lsn(w.from_lsn),
+            "to_lsn": format_lsn(w.to_lsn)}
