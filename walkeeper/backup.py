@@ -62,12 +62,12 @@ class Progress:
     def _draw(self, now: float) -> None:
         elapsed = max(now - self.started, 1e-6)
         rate = self.done / elapsed
-        text = f"{_size(self.done)} {self.what}, {_size(rate)}/s"
+        text = f"{log.human_bytes(self.done)} {self.what}, {log.human_bytes(rate)}/s"
         if self.total:
             pct = min(100.0, 100.0 * self.done / self.total)
             left = max(self.total - self.done, 0) / rate if rate > 0 else None
             eta = f"{int(left) // 60}:{int(left) % 60:02d}" if left is not None else "?"
-            text += f", {pct:3.0f}% of ~{_size(self.total)}, ETA {eta}"
+            text += f", {pct:3.0f}% of ~{log.human_bytes(self.total)}, ETA {eta}"
         sys.stderr.write(f"\r{text:<72}")
         sys.stderr.flush()
 
@@ -76,14 +76,6 @@ class Progress:
             self._draw(time.monotonic())
             sys.stderr.write("\n")
             sys.stderr.flush()
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 class _Watch:

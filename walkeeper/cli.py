@@ -16,14 +16,6 @@ from walkeeper.errors import EXIT_ARCHIVE_UNREADABLE, EXIT_FAILED, EXIT_USAGE, W
 HOT_COMMANDS = ("push", "fetch")
 
 
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def _describe_plan(plan, dry_run: bool) -> str:
     from walkeeper.wal import format_lsn
 
@@ -35,7 +27,7 @@ def _describe_plan(plan, dry_run: bool) -> str:
         f"timeline {b.timeline})",
         f"  timelines   {' -> '.join(map(str, plan.timelines))}",
         f"  WAL         {plan.first_wal} .. {plan.last_wal} ({len(plan.segments)} segments)",
-        f"  to fetch    {_human(plan.bytes)}",
+        f"  to fetch    {log.human_bytes(plan.bytes)}",
         f"  target      {plan.target.kind}"
         + (f" {plan.target.value}" if plan.target.value is not None else ""),
     ])
@@ -191,8 +183,8 @@ def _click_main(argv: list[str]) -> int:
                 emit_json(info.to_json())
             else:
                 click.echo(f"backup {info.id} complete: {info.start_wal} .. {info.stop_wal}, "
-                           f"{_human(info.database_bytes)} of data, stored as "
-                           + ", ".join(f"{_human(n)} in {s}" for s, n in info.stored_bytes.items()))
+                           f"{log.human_bytes(info.database_bytes)} of data, stored as "
+                           + ", ".join(f"{log.human_bytes(n)} in {s}" for s, n in info.stored_bytes.items()))
         run("basebackup", go, label or "")
 
     @cli.command("list")

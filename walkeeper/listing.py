@@ -13,6 +13,7 @@ from datetime import datetime
 from walkeeper.catalog import read_archive, read_json, merge, wal_ranges
 from walkeeper.errors import CorruptObject, ObjectNotFound, OperationFailed, StoreError
 from walkeeper.layout import DUMP_META, dump_dir, dump_meta_key, dumps_dir, is_temp
+from walkeeper.log import human_bytes
 from walkeeper.stores import open_stores
 
 BACKUP_KEYS = ("id", "label", "start_time", "stop_time", "start_lsn", "stop_lsn", "timeline",
@@ -88,16 +89,6 @@ def list_data(config) -> dict:
 
 
 # ---------------------------------------------------------------- text
-
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
 
 
 def _time(text) -> str:

@@ -19,3 +19,14 @@ def info(msg: str) -> None:
 def debug(msg: str) -> None:
     if level >= VERBOSE:
         print(f"walkeeper: {msg}", file=sys.stderr, flush=True)
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
