@@ -282,6 +282,55 @@ def _click_main(argv: list[str]) -> int:
             click.echo(f"dump {dump_id} restored into {database}")
         run("restore-dump", go, dump_id)
 
+    @cli.command("verify-chain")
+    @click.option("--store", "store_name", metavar="NAME", help="Check only this store.")
+    @click.option("--quick", is_flag=True,
+                  help="Presence, sizes and trailers only; do not read the objects through.")
+    @click.option("--json", "as_json", is_flag=True, help="One JSON object, stable for scripts.")
+    def verify_chain(store_name, quick, as_json):
+        """Check every object decodes and verifies, and the WAL chain has no gap."""
+        def go(cfg):
+            from walkeeper import verify
+            from walkeeper.errors import OperationFailed
+
+            show = sys.stderr.isatty() and log.level > log.QUIET
+            report = verify.verify_chain(cfg, store_name, quick, show)
+            if as_json:
+                emit_json(report.to_json())
+            else:
+                click.echo(verify.render_text(report), nl=False)
+            if not report.ok:
+                kinds: dict[str, int] = {}
+                for p in report.problems:
+                    kinds[p.kind] = kinds.get(p.kind, 0) + 1
+                raise OperationFailed(
+                    f"{len(report.problems)} problem(s) found ("
+                    + ", ".join(f"{n} {k}" for k, n in kinds.items()) + ")",
+                    hint="see the list above" if not as_json else "see \"problems\"")
+        run("verify-chain", go, store_name or "")
+
+    @cli.command()
+    @click.option("--keep", is_flag=True, help="Keep the restored copy (its path is printed).")
+    @click.option("--json", "as_json", is_flag=True, help="One JSON object, stable for scripts.")
+    def drill(keep, as_json):
+        """Restore test: restore the newest backup, start it, check it, stop it."""
+        def go(cfg):
+            from walkeeper import drill as drill_mod
+
+            result = drill_mod.run_drill(cfg, keep)
+            if as_json:
+                emit_json(result)
+                return
+            click.echo(f"drill passed: backup {result['backup']} restored and recovered to the "
+                       f"end of the archive in {result['seconds']:.1f} s (until it accepted "
+                       f"connections with recovery finished); {len(result['databases'])} "
+                       f"database(s) checked"
+                       + ("; [drill] sql ran" if result["sql"] else ""))
+            if result["kept"]:
+                click.echo(f"restored copy kept in {result['kept']} (stopped; start it with: "
+                           f"pg_ctl -D {result['kept']} start)")
+        run("drill", go)
+
     try:
         cli.main(args=argv, prog_name="walkeeper", standalone_mode=False)
         return 0
