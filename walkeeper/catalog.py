@@ -186,6 +186,8 @@ def _read_backups(store, cluster: str, model: ArchiveModel) -> None:
             continue
         directory = backup_dir(cluster, d.name)
         entries = store.list(directory)
+        if not entries:
+            continue        # holds nothing: what expire leaves of a deleted backup
         measured = 0
         complete = False
         for e in entries:

@@ -282,6 +282,35 @@ def _click_main(argv: list[str]) -> int:
             click.echo(f"dump {dump_id} restored into {database}")
         run("restore-dump", go, dump_id)
 
+    @cli.command()
+    @click.option("--dry-run", is_flag=True, help="List what would be deleted; delete nothing.")
+    @click.option("--json", "as_json", is_flag=True, help="One JSON object, stable for scripts.")
+    def expire(dry_run, as_json):
+        """Apply [retention]: delete old backups, dumps, and the WAL below the oldest kept."""
+        def go(cfg):
+            from walkeeper import expire as expire_mod
+
+            result = expire_mod.expire(cfg, dry_run)
+            if as_json:
+                emit_json(result)
+                return
+            verb = "would delete" if dry_run else "deleted"
+            w = len(verb)
+            lines = ["expire (dry run, nothing deleted):" if dry_run else "expire:"]
+            lines += [f"  {'keep':<{w}}  backup {k['id']}  ({', '.join(k['reasons'])})"
+                      for k in result["kept"]]
+            lines += [f"  {verb}  backup {i}" for i in result["deleted_backups"]]
+            lines += [f"  {verb}  incomplete backup {i} (left by an interrupted run)"
+                      for i in result["deleted_incomplete"]]
+            lines += [f"  {'keep':<{w}}  dump {k['id']}  ({', '.join(k['reasons'])})"
+                      for k in result["kept_dumps"]]
+            lines += [f"  {verb}  dump {i}" for i in result["deleted_dumps"]]
+            cut = ", ".join(f"{s} on timeline {t}" for t, s in result["wal_cut"].items())
+            lines.append(f"  WAL: {verb} {result['deleted_wal']} file(s)"
+                         + (f", everything below {cut}" if cut else ""))
+            click.echo("\n".join(lines))
+        run("expire", go)
+
     @cli.command("verify-chain")
     @click.option("--store", "store_name", metavar="NAME", help="Check only this store.")
     @click.option("--quick", is_flag=True,
