@@ -2,7 +2,8 @@
 # machine lacks, and, as root, hand the work to an unprivileged user, since
 # PostgreSQL refuses to run as root.
 
-APT_PACKAGES=(postgresql-15 postgresql-client-15 openssh-server openssh-sftp-server python3-venv zstd)
+# chromium: tests/test_status.py renders the status --html page headless.
+APT_PACKAGES=(postgresql-15 postgresql-client-15 openssh-server openssh-sftp-server python3-venv zstd chromium)
 PY=/usr/bin/python3
 
 say() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }

@@ -360,6 +360,52 @@ def _click_main(argv: list[str]) -> int:
                            f"pg_ctl -D {result['kept']} start)")
         run("drill", go)
 
+    @cli.command()
+    @click.option("--json", "as_json", is_flag=True, help="One JSON object, stable for scripts.")
+    @click.option("--prometheus", is_flag=True,
+                  help="Prometheus text format, for node_exporter's textfile collector.")
+    @click.option("--html", "html_file", metavar="FILE",
+                  help="Write a self-contained HTML dashboard to FILE (atomically).")
+    def status(as_json, prometheus, html_file):
+        """What an operator's dashboard shows: pushes, lag, backups, drills, failures, stores."""
+        if sum(map(bool, (as_json, prometheus, html_file))) > 1:
+            raise click.UsageError("give at most one of --json, --prometheus and --html")
+
+        def go(cfg):
+            from walkeeper import status as status_mod
+            from walkeeper.status_writers import WRITERS, write_atomic
+
+            data = status_mod.collect(cfg)
+            if html_file:
+                write_atomic(html_file, WRITERS["html"](data))
+                click.echo(f"wrote {os.path.abspath(html_file)}")
+                return
+            fmt = "json" if as_json else "prometheus" if prometheus else "text"
+            click.echo(WRITERS[fmt](data), nl=False)
+        run("status", go)
+
+    @cli.command()
+    @click.option("--timeout", type=float, default=60.0, show_default=True, metavar="SECONDS",
+                  help="How long to wait for the switched WAL segment to reach every store.")
+    @click.option("--json", "as_json", is_flag=True, help="One JSON object, stable for scripts.")
+    def check(timeout, as_json):
+        """End-to-end check: config, stores, PostgreSQL settings, a WAL switch archived."""
+        def go(cfg):
+            from walkeeper import check as check_mod
+            from walkeeper.errors import OperationFailed
+
+            def show(c):
+                click.echo(check_mod.render_line(c))
+
+            checks = check_mod.run_checks(cfg, timeout, None if as_json else show)
+            bad = check_mod.failed(checks)
+            if as_json:
+                emit_json({"ok": not bad, "checks": [c._asdict() for c in checks]})
+            if bad:
+                raise OperationFailed(f"{len(bad)} of {len(checks)} checks failed: "
+                                      + ", ".join(c.name for c in bad))
+        run("check", go)
+
     try:
         cli.main(args=argv, prog_name="walkeeper", standalone_mode=False)
         return 0

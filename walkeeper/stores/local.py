@@ -200,5 +200,20 @@ class LocalStore:
         except OSError as exc:
             raise self._error("cannot delete", path, exc) from None
 
+    def free_bytes(self) -> int | None:
+        """Bytes available to this user on the store's file system; None if unknown."""
+        d = self.root
+        while True:
+            try:
+                st = os.statvfs(d)
+                return st.f_bavail * st.f_frsize
+            except FileNotFoundError:
+                parent = os.path.dirname(d)
+                if parent == d:
+                    return None
+                d = parent       # not created yet: the file system it will be on
+            except OSError:
+                return None
+
     def close(self) -> None:
         pass

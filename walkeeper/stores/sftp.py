@@ -17,7 +17,7 @@ import stat
 import time
 
 import paramiko
-from paramiko.sftp import CMD_EXTENDED
+from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
 
 from walkeeper import log
 from walkeeper.config import StoreConfig
@@ -345,6 +345,29 @@ class SftpStore:
             self._retrying("cannot delete", path, lambda sftp: sftp.remove(path))
         except FileNotFoundError:
             pass
+
+    def free_bytes(self) -> int | None:
+        """Bytes available on the server's file system holding the store, through
+        OpenSSH's statvfs@openssh.com extension; None when the server does not offer
+        it or cannot answer. Raises StoreError only when the server is unreachable."""
+        sftp = self.sftp()
+        d = self.root
+        while True:
+            try:
+                t, msg = sftp._request(CMD_EXTENDED, "statvfs@openssh.com", d)
+            except FileNotFoundError:
+                parent = os.path.dirname(d)
+                if parent == d:
+                    return None
+                d = parent       # not created yet: the file system it will be on
+                continue
+            except _TRANSIENT:
+                return None
+            if t != CMD_EXTENDED_REPLY:
+                return None
+            # f_bsize f_frsize f_blocks f_bfree f_bavail ...: uint64 each
+            fields = [msg.get_int64() for _ in range(5)]
+            return fields[4] * (fields[1] or fields[0])
 
     def close(self) -> None:
         if self._client is not None:
