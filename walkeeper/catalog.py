@@ -260,15 +260,15 @@ def merge(models: list[ArchiveModel]) -> ArchiveModel:
 
 # ---------------------------------------------------------------- derived views
 
-def _runs(segnos) -> list[tuple[int, int]]:
-    """Sorted segment numbers -> maximal runs of consecutive numbers (first, last)."""
-    runs: list[tuple[int, int]] = []
+def runs(segnos) -> list[tuple[int, int]]:
+    """Segment numbers -> maximal runs of consecutive numbers (first, last)."""
+    out: list[tuple[int, int]] = []
     for n in sorted(segnos):
-        if runs and n == runs[-1][1] + 1:
-            runs[-1] = (runs[-1][0], n)
+        if out and n == out[-1][1] + 1:
+            out[-1] = (out[-1][0], n)
         else:
-            runs.append((n, n))
-    return runs
+            out.append((n, n))
+    return out
 
 
 def _run_end(runs: list[tuple[int, int]], n: int) -> int | None:
@@ -285,14 +285,14 @@ def wal_ranges(model: ArchiveModel) -> list[dict]:
     size = model.wal_segment_size
     out = []
     for tli in sorted(model.segments):
-        runs = _runs(model.segments[tli])
-        if not runs:
+        present = runs(model.segments[tli])
+        if not present:
             continue
         def name(n: int) -> str:
             return Segment.from_number(tli, n, size).name
 
-        gaps = [[name(a[1] + 1), name(b[0] - 1)] for a, b in zip(runs, runs[1:])]
-        out.append({"timeline": tli, "first": name(runs[0][0]), "last": name(runs[-1][1]),
+        gaps = [[name(a[1] + 1), name(b[0] - 1)] for a, b in zip(present, present[1:])]
+        out.append({"timeline": tli, "first": name(present[0][0]), "last": name(present[-1][1]),
                     "segments": len(model.segments[tli]), "gaps": gaps})
     return out
 
@@ -325,7 +325,7 @@ def recoverable_windows(model: ArchiveModel) -> list[dict]:
     Overlapping windows on one timeline are merged.
     """
     size = model.wal_segment_size
-    runs = {tli: _runs(segs) for tli, segs in model.segments.items()}
+    by_tli = {tli: runs(segs) for tli, segs in model.segments.items()}
     children: dict[int, list[tuple[int, int]]] = {}
     for child, hist in model.histories.items():
         if hist:
@@ -343,7 +343,7 @@ def recoverable_windows(model: ArchiveModel) -> list[dict]:
             # needed up to the one before it.
             if last < k - 1:
                 continue
-            end = _run_end(runs.get(child, []), k)
+            end = _run_end(by_tli.get(child, []), k)
             if end is not None:
                 follow(child, end, b)
 
@@ -352,7 +352,7 @@ def recoverable_windows(model: ArchiveModel) -> list[dict]:
             start, stop = b.start_segment.number(size), b.stop_segment.number(size)
         except ValueError:
             continue
-        end = _run_end(runs.get(b.timeline, []), start)
+        end = _run_end(by_tli.get(b.timeline, []), start)
         if end is not None and end >= stop:
             follow(b.timeline, end, b)
     return [_window_json(w) for w in _merge_windows(found)]

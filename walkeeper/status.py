@@ -18,7 +18,7 @@ import os
 from datetime import datetime, timedelta, timezone
 
 from walkeeper import state
-from walkeeper.catalog import merge, read_archive, recoverable_windows, wal_ranges
+from walkeeper.catalog import merge, read_archive, recoverable_windows, runs, wal_ranges
 from walkeeper.config import Config
 from walkeeper.errors import ConfigError, OperationFailed, StoreError
 from walkeeper.listing import read_dumps
@@ -225,19 +225,9 @@ def _coverage(model) -> list[dict]:
         r["runs"] = [{"first": Segment.from_number(tli, a, size).name,
                       "last": Segment.from_number(tli, b, size).name,
                       "from_time": _from_ts(segs[a].mtime), "to_time": _from_ts(segs[b].mtime)}
-                     for a, b in _runs(sorted(segs))]
+                     for a, b in runs(sorted(segs))]
         out.append(r)
     return out
-
-
-def _runs(numbers: list[int]) -> list[tuple[int, int]]:
-    runs: list[tuple[int, int]] = []
-    for n in numbers:
-        if runs and n == runs[-1][1] + 1:
-            runs[-1] = (runs[-1][0], n)
-        else:
-            runs.append((n, n))
-    return runs
 
 
 # ---------------------------------------------------------------- the server

@@ -25,7 +25,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 
 from walkeeper import state
-from walkeeper.catalog import merge, read_archive, recoverable_windows
+from walkeeper.catalog import merge, read_archive, recoverable_windows, runs
 from walkeeper.config import Config
 from walkeeper.errors import CorruptObject, ObjectNotFound, StoreError, UsageError
 from walkeeper.layout import BACKUP_META, backup_dir, is_temp
@@ -454,7 +454,7 @@ def _chain(m: ArchiveModel, scope: str, cluster: str, report: Report) -> None:
                  if p.timeline == tli and m.segments.get(c)]
         hi = max(ends, default=-1)
         missing = [n for n in range(lo, hi + 1) if n not in present and (tli, n) not in reported]
-        for first, last in _runs(missing):
+        for first, last in runs(missing):
             a = Segment.from_number(tli, first, size).name
             z = Segment.from_number(tli, last, size).name
             count = last - first + 1
@@ -462,16 +462,6 @@ def _chain(m: ArchiveModel, scope: str, cluster: str, report: Report) -> None:
                 "gap", scope, a if first == last else f"{a}..{z}",
                 f"{count} segment{'s' if count > 1 else ''} missing on timeline {tli}, "
                 f"in no store checked: replay along this timeline stops before {a}"))
-
-
-def _runs(numbers: list[int]) -> list[tuple[int, int]]:
-    runs: list[tuple[int, int]] = []
-    for n in numbers:
-        if runs and n == runs[-1][1] + 1:
-            runs[-1] = (runs[-1][0], n)
-        else:
-            runs.append((n, n))
-    return runs
 
 
 # ---------------------------------------------------------------- text
