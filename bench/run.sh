@@ -3,12 +3,22 @@
 #
 #   WALKEEPER_CMD=/path/to/walkeeper bench/run.sh [push_fetch.py options]
 #
+# and the base backup / restore benchmark (issues 3 and 4):
+#
+#   bench/run.sh --backup-restore [backup_restore.py options]
+#
 # As root it runs everything as the unprivileged user $WKBENCH_USER (default
 # wkbench, created with `useradd -m` if missing), because PostgreSQL refuses root,
 # and copies the JSON into bench/out/. As any other user it runs push_fetch.py directly.
-# The WAL set is made on first use (bench/make_wal.py, ~10 min) and reused after.
+# The WAL set is made on first use (bench/make_wal.py, ~10 min) and reused after;
+# so is the pgbench cluster of --backup-restore (~5 min).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+script=push_fetch.py
+if [ "${1:-}" = --backup-restore ]; then
+    script=backup_restore.py
+    shift
+fi
 user=${WKBENCH_USER:-wkbench}
 wal_dir=${WKBENCH_WAL_DIR:-/tmp/walkeeper-bench/wal}
 py=${WKBENCH_PY:-/usr/bin/python3}
@@ -36,7 +46,7 @@ printf -v WALKEEPER_CMD '%q ' "${words[@]}"
 export WALKEEPER_CMD WKBENCH_WAL_DIR=$wal_dir
 
 if [ "$(id -u)" != 0 ]; then
-    exec "$py" "$here/push_fetch.py" "$@"
+    exec "$py" "$here/$script" "$@"
 fi
 
 id -u "$user" >/dev/null 2>&1 || useradd -m "$user"
@@ -51,7 +61,7 @@ trap 'rm -rf "$tmp_out"' EXIT
 cd /tmp
 rc=0
 runuser -u "$user" -- env WALKEEPER_CMD="$WALKEEPER_CMD" WKBENCH_WAL_DIR="$wal_dir" \
-    "$py" "$here/push_fetch.py" --out-dir "$tmp_out" "$@" || rc=$?
+    "$py" "$here/$script" --out-dir "$tmp_out" "$@" || rc=$?
 mkdir -p "$here/out"
 for f in "$tmp_out"/*.json; do
     [ -e "$f" ] || continue

@@ -412,3 +412,48 @@ def test_encoder_output_chunks_bounded():
     assert largest <= 2 * CHUNK
     largest = max(len(c) for c in Encoder("none").run(b"\1" * CHUNK for _ in range(4)))
     assert largest <= CHUNK
+
+
+# ------------------------------------------------ ThreadedObjectReader (restore)
+def read_threaded(blob: bytes, size: int = CHUNK) -> bytes:
+    r = objects.ThreadedObjectReader(io.BytesIO(blob).read)
+    out = []
+    try:
+        while data := r.read(size):
+            assert len(data) <= size
+            out.append(data)
+        assert r.trailer is not None
+    finally:
+        r.close()
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("size", [0, 1, CHUNK, 5 * CHUNK + 7])
+def test_threaded_reader_round_trip(codec, size):
+    data = os.urandom(size // 2) + bytes(size - size // 2)
+    blob, trailer = encode(data, codec)
+    assert read_threaded(blob) == data
+    assert read_threaded(blob, 1000) == data
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_threaded_reader_detects_damage(codec):
+    data = os.urandom(3 * CHUNK) + bytes(3 * CHUNK)
+    blob, _ = encode(data, codec)
+    for where in (HEADER_SIZE + 100, len(blob) // 2, len(blob) - TRAILER_SIZE - 1,
+                  len(blob) - 5):
+        bad = bytearray(blob)
+        bad[where] ^= 0x40
+        with pytest.raises(CorruptObject):
+            read_threaded(bytes(bad))
+    with pytest.raises(CorruptObject):
+        read_threaded(blob[:-1])
+
+
+def test_threaded_reader_close_early_stops_its_threads():
+    blob, _ = encode(os.urandom(20 * CHUNK), "zstd")
+    r = objects.ThreadedObjectReader(io.BytesIO(blob).read)
+    assert r.read(CHUNK)
+    r.close()
+    assert not any(t.is_alive() for t in r._threads)

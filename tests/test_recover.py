@@ -215,3 +215,93 @@ def test_recovery_settings_keep_existing_lines(pg, wk, tmp_path, archiving):
     assert "recovery_target = 'immediate'" in auto
     assert (dest / "recovery.signal").exists()
     assert oct(dest.stat().st_mode & 0o777) == "0o700"
+
+
+# ------------------------------------------------ extract: the ustar reader
+def _tar(tmp_path, fmt, add):
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        add(tar)
+    return buf.getvalue()
+
+
+def _member(tar, name, data=None, kind=None, link=""):
+    import io
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    if kind is not None:
+        info.type, info.linkname = kind, link
+    if data is not None:
+        info.size = len(data)
+    tar.addfile(info, io.BytesIO(data) if data is not None else None)
+
+
+def test_extract_reads_ustar_in_any_read_sizes(tmp_path):
+    import io
+    import os
+    import tarfile
+
+    from walkeeper.restore import extract
+
+    big = os.urandom(3 * (1 << 20) + 123)
+
+    def add(tar):
+        _member(tar, "base", kind=tarfile.DIRTYPE)
+        _member(tar, "base/1", kind=tarfile.DIRTYPE)
+        _member(tar, "base/1/16384", big)
+        _member(tar, "PG_VERSION", b"15\n")
+        _member(tar, "empty", b"")
+        _member(tar, "pg_wal", kind=tarfile.SYMTYPE, link="elsewhere/wal")
+    blob = _tar(tmp_path, tarfile.USTAR_FORMAT, add) + b"\0" * 2048  # trailing zeros
+
+    class Dribble:             # odd read sizes: headers and data split anywhere
+        def __init__(self, data):
+            self.f, self.n = io.BytesIO(data), 0
+
+        def read(self, n):
+            self.n += 1
+            return self.f.read(min(n, (self.n * 7919) % 70000 + 1))
+
+    for reader in (io.BytesIO(blob), Dribble(blob)):
+        dest = tmp_path / f"out{id(reader)}"
+        dest.mkdir()
+        assert extract(reader, str(dest)) == len(big) + 3
+        assert (dest / "base/1/16384").read_bytes() == big
+        assert (dest / "PG_VERSION").read_bytes() == b"15\n"
+        assert (dest / "empty").read_bytes() == b""
+        assert os.readlink(dest / "pg_wal") == "elsewhere/wal"
+        assert (dest / "base/1/16384").stat().st_mode & 0o777 == 0o600
+        assert (dest / "base/1").stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("case", ["unsafe", "absolute link", "pax", "truncated", "hardlink"])
+def test_extract_refuses_what_it_does_not_restore(tmp_path, case):
+    import io
+    import tarfile
+
+    from walkeeper.errors import OperationFailed
+    from walkeeper.restore import extract
+
+    fmt = tarfile.PAX_FORMAT if case == "pax" else tarfile.USTAR_FORMAT
+
+    def add(tar):
+        if case == "unsafe":
+            _member(tar, "../evil", b"x")
+        elif case == "absolute link":
+            _member(tar, "pg_wal", kind=tarfile.SYMTYPE, link="/etc")
+        elif case == "pax":
+            _member(tar, "d" * 150, b"x")        # long name: a pax header
+        elif case == "hardlink":
+            _member(tar, "a", b"x")
+            _member(tar, "b", kind=tarfile.LNKTYPE, link="a")
+        else:
+            _member(tar, "f", b"x" * 5000)
+    blob = _tar(tmp_path, fmt, add)
+    if case == "truncated":
+        blob = blob[:512 + 3000]
+    with pytest.raises((OperationFailed, tarfile.TarError)):
+        extract(io.BytesIO(blob), str(tmp_path))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import io
 import json
+import queue
 import sys
 import threading
 import time
@@ -37,6 +38,7 @@ from walkeeper.wal import Segment, format_lsn, parse_lsn, parse_wal_name
 
 WAL_WAIT = 60.0           # seconds for the backup's WAL to show up in every store
 HISTORY_WAIT = 30.0       # seconds for the .backup history file
+READ_AHEAD = 8            # chunks of a program's output read ahead of the encoder
 
 
 # ------------------------------------------------------------------ streaming
@@ -145,12 +147,44 @@ def stream_program(argv: list[str], env: dict[str, str], stores: list, key: str,
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     watch = _Watch()
+    # The program's output is read by a thread of its own, up to READ_AHEAD chunks
+    # ahead, and through a 1 MiB pipe: otherwise the program (and the server
+    # behind pg_basebackup) stands still whenever this thread hashes and compresses.
+    try:
+        import fcntl
+
+        fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
+    except (ImportError, AttributeError, OSError):
+        pass
+    ahead: queue.Queue = queue.Queue(READ_AHEAD)
+    stop = threading.Event()
+
+    def pump():
+        item: bytes | BaseException
+        while True:
+            try:
+                item = proc.stdout.read(CHUNK)
+            except BaseException as exc:
+                item = exc
+            while not stop.is_set():
+                try:
+                    ahead.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if stop.is_set() or not isinstance(item, bytes) or not item:
+                return
+
+    pumper = threading.Thread(target=pump, daemon=True)
+    pumper.start()
 
     def chunks():
         while True:
             if watch.error is not None:
                 raise _Abandon()
-            data = proc.stdout.read(CHUNK)
+            data = ahead.get()
+            if isinstance(data, BaseException):
+                raise data
             if not data:
                 break
             if observe is not None:
@@ -169,6 +203,7 @@ def stream_program(argv: list[str], env: dict[str, str], stores: list, key: str,
         raise OperationFailed(f"{watch.error}; abandoned: the copy must reach every store") \
             from None
     finally:
+        stop.set()
         if proc.poll() is None:
             proc.terminate()
             try:
@@ -176,6 +211,7 @@ def stream_program(argv: list[str], env: dict[str, str], stores: list, key: str,
             except Exception:
                 proc.kill()
                 proc.wait()
+        pumper.join(timeout=10)
         reader.join(timeout=10)
     problems = [str(e) for e in out.errors.values()]
     problems += [f"store {s.name!r}: {key} already exists" for s in out.taken]

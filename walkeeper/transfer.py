@@ -23,7 +23,7 @@ class FanOut:
 
 
 def put_stream(stores: list, key: str, chunks: Iterable[bytes], codec: str, level: int,
-               size_hint: int | None = None) -> FanOut:
+               size_hint: int | None = None, threads: int = 2) -> FanOut:
     """Encode `chunks` once into every store under `key`, never replacing an object.
 
     A store that fails is dropped from the fan-out and reported in .errors; the
@@ -38,7 +38,7 @@ def put_stream(stores: list, key: str, chunks: Iterable[bytes], codec: str, leve
             out.errors[s.name] = exc
     if not uploads:
         return out
-    enc = Encoder(codec, level, size_hint)
+    enc = Encoder(codec, level, size_hint, threads)
     try:
         for chunk in enc.run(chunks):
             for s, up in list(uploads.items()):
