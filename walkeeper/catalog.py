@@ -20,7 +20,8 @@ from bisect import bisect_right
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
-from walkeeper.errors import CorruptObject, ObjectNotFound, OperationFailed
+from walkeeper import log
+from walkeeper.errors import CorruptObject, ObjectNotFound, OperationFailed, StoreError
 from walkeeper.layout import BACKUP_META, backup_dir, backups_dir, identity_key, is_temp
 from walkeeper.model import ArchiveModel, BackupInfo, WalObject
 from walkeeper.objects import HEADER_SIZE, SKIPPABLE_MAGIC, SUFFIX, decode
@@ -259,6 +260,24 @@ def merge(models: list[ArchiveModel]) -> ArchiveModel:
 
 
 # ---------------------------------------------------------------- derived views
+
+def read_merged(config, purpose: str, *, with_history: bool = True) -> ArchiveModel:
+    """Every readable store of the cluster, merged: what fetch can find. A store that
+    cannot be read is named on stderr; none at all is an error."""
+    from walkeeper.stores import open_stores
+
+    models = []
+    for store in open_stores(config):
+        try:
+            models.append(read_archive(store, config.cluster, with_history=with_history))
+        except StoreError as exc:
+            log.warn(f"{exc}; {purpose} goes on without this store")
+        finally:
+            store.close()
+    if not models:
+        raise OperationFailed(f"no store could be read; {purpose} is not possible")
+    return merge(models)
+
 
 def runs(segnos) -> list[tuple[int, int]]:
     """Segment numbers -> maximal runs of consecutive numbers (first, last)."""

@@ -119,20 +119,9 @@ def _first_line(exc: BaseException) -> str:
 def _newest_backup(config: Config):
     """The newest complete backup in any store (by stop LSN and time) and, per
     timeline, the newest segment the stores hold."""
-    from walkeeper.catalog import merge, read_archive
-    from walkeeper.stores import open_stores
+    from walkeeper.catalog import read_merged
 
-    models = []
-    for store in open_stores(config):
-        try:
-            models.append(read_archive(store, config.cluster, with_history=False))
-        except StoreError as exc:
-            log.warn(f"{exc}; the drill goes on without this store")
-        finally:
-            store.close()
-    if not models:
-        raise OperationFailed("no store could be read")
-    archive = merge(models)
+    archive = read_merged(config, "the drill", with_history=False)
     backups = archive.backups_by_stop()
     if not backups:
         raise OperationFailed("the archive holds no complete backup")

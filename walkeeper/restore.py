@@ -248,17 +248,7 @@ def recover(config: Config, pgdata: str, target, options: RecoveryOptions,
 
     pgdata = os.path.abspath(pgdata)
     check_target_dir(pgdata)
-    models = []
-    for store in open_stores(config):
-        try:
-            models.append(catalog.read_archive(store, config.cluster))
-        except StoreError as exc:
-            log.warn(f"{exc}; planning without this store")
-        finally:
-            store.close()
-    if not models:
-        raise OperationFailed("no store could be read; cannot plan a recovery")
-    archive = catalog.merge(models)
+    archive = catalog.read_merged(config, "recovery planning")
     if backup_id is not None:
         archive.backups = [b for b in archive.backups if b.id == backup_id]
         if not archive.backups:
