@@ -3,24 +3,28 @@
 push stores one WAL file durably in every configured store, read once and fanned
 out; fetch brings one back from the first store holding a good copy. Exit-code
 semantics live in the errors raised here (see errors.py and CONTRACT.md).
+
+push of a segment inside pg_wal also stores the other segments marked `.ready`, with
+push.parallel workers, and records each completion (readahead.py), so PostgreSQL's
+later calls for them return at once. fetch of a segment serves it from the prefetch
+spool when a detached prefetcher already brought it (prefetch.py), and starts that
+prefetcher for the segments after it.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from collections import namedtuple
 
-from walkeeper import log, state
+from walkeeper import log
 from walkeeper.config import Config
 from walkeeper.errors import (ArchiveUnreadable, ConflictError, CorruptObject, NotInArchive,
                               ObjectExists, ObjectNotFound, OperationFailed, StoreError,
-                              UsageError)
-from walkeeper.layout import identity_key, wal_keys
-from walkeeper.objects import TRAILER_SIZE, read_chunks, sha256_file, unpack_trailer
-from walkeeper.transfer import fetch_to_file, put_stream
-from walkeeper.stores import open_store, open_stores
+                              UsageError, WalkeeperError)
+# The fast paths (a push that read-ahead already did, a fetch served from the prefetch
+# spool) must start and exit within ~2x `python -c pass`: the modules that only the
+# store paths need (layout, objects, transfer, stores, state, json) are imported in
+# the functions that use them.
 from walkeeper.wal import (LONG_PAGE_HEADER_SIZE, WalKind, WalName, check_segment_header,
                            parse_long_page_header, parse_wal_name)
 
@@ -39,6 +43,8 @@ Existing = namedtuple("Existing", "key trailer")
 
 
 def _find(store, keys: list[str]) -> Existing | None:
+    from walkeeper.objects import TRAILER_SIZE, unpack_trailer
+
     for key in keys:
         try:
             tail = store.read_tail(key, TRAILER_SIZE)
@@ -65,6 +71,10 @@ def _conflict(name: str, store, existing: Existing, size: int, digest: bytes) ->
 
 def _check_identity(store, cluster: str, sysid: int, seg_size: int) -> None:
     """The archive remembers which cluster it belongs to; refuse WAL from another."""
+    import json
+
+    from walkeeper.layout import identity_key
+
     key = identity_key(cluster)
     mine = {"system_identifier": str(sysid), "wal_segment_size": seg_size}
     for _ in range(2):
@@ -94,15 +104,19 @@ def _check_identity(store, cluster: str, sysid: int, seg_size: int) -> None:
         return
 
 
-def _upload(f, name: str, key: str, stores: list, config: Config, size: int):
+def _upload(f, name: str, key: str, stores: list, config: Config, size: int,
+            zstd_threads: int = 2):
     """One read of the source, encoded once, written to every store in `stores`.
 
-    Returns (errors by store name, conflict messages).
+    Returns (errors by store name, conflict messages, trailer of what was written).
     """
+    from walkeeper.objects import read_chunks
+    from walkeeper.transfer import put_stream
+
     f.seek(0)
     try:
         out = put_stream(stores, key, read_chunks(f), config["compression.algorithm"],
-                         config["compression.level"], size)
+                         config["compression.level"], size, zstd_threads)
     except OSError as exc:
         raise OperationFailed(f"cannot read {f.name}: {exc.strerror}") from None
     conflicts = []
@@ -116,12 +130,111 @@ def _upload(f, name: str, key: str, stores: list, config: Config, size: int):
         msg = _conflict(name, s, existing, t.original_size, t.sha256) if existing else None
         if msg:
             conflicts.append(msg)
-    return out.errors, conflicts
+    return out.errors, conflicts, t
 
 
 def push(config: Config, wal_path: str, wal_name: str) -> list[str]:
-    """Store WAL_PATH as WAL_NAME durably in every store; return where it was written."""
+    """Store WAL_PATH as WAL_NAME durably in every store; return where it was written.
+
+    A segment inside pg_wal brings the other ready segments along (read-ahead, see
+    readahead.py); a segment that read-ahead already stored returns at once.
+    """
     wal = parse_name(wal_name)
+    if wal.kind is not WalKind.SEGMENT:
+        return _push_alone(config, wal_path, wal)
+    from walkeeper import readahead
+
+    records = readahead.records_dir(config.state_dir, config.cluster)
+    if readahead.consume(records, wal_path, wal.name):
+        log.debug(f"{wal.name} was stored by read-ahead; nothing to do")
+        return []
+    parallel = config["push.parallel"]
+    extras = (readahead.candidates(wal_path, wal.name, records, readahead.MAX_AHEAD * parallel)
+              if parallel > 1 else [])
+    if not extras:
+        return _push_alone(config, wal_path, wal)
+    return _push_with_readahead(config, wal_path, wal, extras, records)
+
+
+def _push_alone(config: Config, wal_path: str, wal: WalName) -> list[str]:
+    from walkeeper import state
+    from walkeeper.stores import open_stores
+
+    stores = open_stores(config)
+    try:
+        written, _, _ = _push_path(config, wal_path, wal, stores)
+    finally:
+        for s in stores:
+            s.close()
+    state.record_success(config.state_dir, "push", wal=wal.name, stores=[s.name for s in stores])
+    return written
+
+
+def _push_with_readahead(config: Config, wal_path: str, wal: WalName, extras: list[str],
+                         records: str) -> list[str]:
+    """Push N and the ready segments after it with push.parallel workers.
+
+    Only N's own result counts: a read-ahead failure is a warning, and PostgreSQL
+    asks for that segment later anyway.
+    """
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from walkeeper import readahead, state
+    from walkeeper.stores import open_stores
+
+    pg_wal = os.path.dirname(os.path.abspath(wal_path))
+    local = threading.local()
+    opened: list[list] = []
+    lock = threading.Lock()
+
+    def stores_of_this_thread() -> list:
+        # A store connection (SFTP) is not shared between threads.
+        stores = getattr(local, "stores", None)
+        if stores is None:
+            stores = local.stores = open_stores(config)
+            with lock:
+                opened.append(stores)
+        return stores
+
+    def ahead(name: str) -> str | None:
+        try:
+            seg = parse_wal_name(name)
+            path = os.path.join(pg_wal, name)
+            _, digest, st = _push_path(config, path, seg, stores_of_this_thread(), 0)
+            if st is not None:
+                readahead.write_record(records, name, st, digest.hex())
+            return name
+        except (WalkeeperError, StoreError, OSError, ValueError) as exc:
+            if os.path.exists(os.path.join(pg_wal, name)):
+                log.warn(f"read-ahead of {name} failed ({exc}); PostgreSQL will retry it")
+            return None
+
+    with ThreadPoolExecutor(max_workers=config["push.parallel"]) as pool:
+        # One zstd thread per worker: the workers are the parallelism.
+        own = pool.submit(lambda: _push_path(config, wal_path, wal, stores_of_this_thread(), 0))
+        done = [pool.submit(ahead, name) for name in extras]
+        try:
+            written = own.result()[0]
+        finally:
+            stored = [f.result() for f in done]
+            for stores in opened:
+                for s in stores:
+                    s.close()
+    if any(stored):
+        try:
+            readahead.sync_dir(records)
+        except OSError as exc:
+            log.warn(f"cannot sync {records}: {exc.strerror}")
+    last = max([wal.name] + [n for n in stored if n])
+    state.record_success(config.state_dir, "push", wal=last, stores=[s.name for s in config.stores])
+    return written
+
+
+def _push_path(config: Config, wal_path: str, wal: WalName, stores: list,
+               zstd_threads: int = 2):
+    """Push one file; return (stores written, sha256, stat of the file when it did not
+    change while it was read, else None)."""
     try:
         f = open(wal_path, "rb")
     except FileNotFoundError:
@@ -129,28 +242,35 @@ def push(config: Config, wal_path: str, wal_name: str) -> list[str]:
     except OSError as exc:
         raise OperationFailed(f"cannot read {wal_path}: {exc.strerror}") from None
     with f:
-        size = os.fstat(f.fileno()).st_size
+        before = os.fstat(f.fileno())
+        size = before.st_size
         header = None
         if wal.kind in (WalKind.SEGMENT, WalKind.PARTIAL):
             try:
                 header = parse_long_page_header(f.read(LONG_PAGE_HEADER_SIZE))
                 check_segment_header(wal.segment, header, size)
             except ValueError as exc:
-                raise OperationFailed(f"{wal_name}: refusing to archive, its content does not "
+                raise OperationFailed(f"{wal.name}: refusing to archive, its content does not "
                                       f"match its name ({exc}): corruption, or another "
                                       f"cluster's WAL") from None
-        stores = open_stores(config)
-        try:
-            return _push(config, f, wal, size, header, stores)
-        finally:
-            for s in stores:
-                s.close()
+        written, digest = _push(config, f, wal, size, header, stores, zstd_threads)
+        after = os.fstat(f.fileno())
+    same = (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
+    return written, digest, before if same else None
 
 
-def _push(config: Config, f, wal: WalName, size: int, header, stores: list) -> list[str]:
+def _push(config: Config, f, wal: WalName, size: int, header, stores: list,
+          zstd_threads: int = 2):
+    """Returns (names of the stores written, sha256 of the content)."""
+    import time
+
+    from walkeeper.layout import wal_keys
+    from walkeeper.objects import sha256_file
+
     keys = wal_keys(config.cluster, wal, config["compression.algorithm"])
     errors: dict[str, StoreError] = {}
     present: dict = {}
+    digest = None
     for s in stores:
         try:
             existing = _find(s, keys)
@@ -179,9 +299,12 @@ def _push(config: Config, f, wal: WalName, size: int, header, stores: list) -> l
                 except StoreError as exc:
                     errors[s.name] = exc
                     todo.remove(s)
-        errs, conflicts = _upload(f, wal.name, keys[0], todo, config, size)
+        errs, conflicts, trailer = _upload(f, wal.name, keys[0], todo, config, size,
+                                           zstd_threads)
         if conflicts:
             raise ConflictError(conflicts[0])
+        if trailer is not None:
+            digest = trailer.sha256
         written += [s.name for s in todo if s.name not in errs]
         errors.update(errs)
         retry = [s for s in todo if s.name in errs and attempt + 1 < _retries(s, config)]
@@ -199,8 +322,7 @@ def _push(config: Config, f, wal: WalName, size: int, header, stores: list) -> l
         ok = [s.name for s in stores if s.name not in errors]
         raise OperationFailed(f"{wal.name} is not durable in every store ({detail})"
                               + (f"; stored in {', '.join(ok)}" if ok else ""))
-    state.record_success(config.state_dir, "push", wal=wal.name, stores=[s.name for s in stores])
-    return written
+    return written, digest
 
 
 def _retries(store, config: Config) -> int:
@@ -212,6 +334,8 @@ def _retries(store, config: Config) -> int:
 
 def _fetch_one(store, keys: list[str], dest: str) -> bool:
     """Write a verified copy to dest; False when the store has no such object."""
+    from walkeeper.transfer import fetch_to_file
+
     for key in keys:
         try:
             fetch_to_file(store, key, dest)
@@ -228,14 +352,26 @@ def fetch(config: Config, wal_name: str, dest: str) -> str:
     dest = os.path.abspath(dest)
     if not os.path.isdir(os.path.dirname(dest)):
         raise UsageError(f"{os.path.dirname(dest)}: no such directory")
+    prefetch = None
+    if wal.kind is WalKind.SEGMENT and config["fetch.prefetch"] > 0:
+        from walkeeper import prefetch
+
+        if prefetch.serve(config, wal, dest):
+            prefetch.kick(config, wal, os.path.getsize(dest))
+            return "spool"
+    from walkeeper.layout import wal_keys
+    from walkeeper.stores import open_store
+
     keys = wal_keys(config.cluster, wal, config["compression.algorithm"])
     absent = 0
     problems = []
+    found = None
     for cfg in config.stores:
         store = open_store(cfg)
         try:
             if _fetch_one(store, keys, dest):
-                return store.name
+                found = store.name
+                break
             absent += 1
         except CorruptObject as exc:
             problems.append(f"store {store.name!r}: {wal.name} is corrupt ({exc})")
@@ -245,6 +381,10 @@ def fetch(config: Config, wal_name: str, dest: str) -> str:
             log.warn(problems[-1] + "; trying the next store")
         finally:
             store.close()
+    if found is not None:
+        if prefetch is not None:
+            prefetch.kick(config, wal, os.path.getsize(dest))
+        return found
     if not problems:
         raise NotInArchive(f"{wal.name} is not in the archive ({absent} store"
                            f"{'s' if absent != 1 else ''} checked)")

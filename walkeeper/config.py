@@ -45,6 +45,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("retention.yearly", int, -1, "yearly backups kept (-1: all)", minimum=-1),
     Setting("fetch.on_error", str, "abort", "a corrupt or unreadable archive: abort recovery "
             "(exit 255) or report the file missing (exit 1)", choices=("abort", "missing")),
+    Setting("push.parallel", int, 2, "workers pushing in parallel: the segment asked for plus "
+            "the next ones already ready in pg_wal/archive_status (read-ahead); 1 disables "
+            "read-ahead", minimum=1, maximum=64),
+    Setting("fetch.prefetch", int, 8, "segments of the same timeline fetched ahead into the "
+            "spool in state_dir while recovery replays; 0 disables prefetch", minimum=0,
+            maximum=256),
+    Setting("fetch.spool_max_bytes", int, 1 << 30, "upper bound of the prefetch spool, in "
+            "bytes", minimum=0),
     Setting("drill.sql", str, "", "extra SQL the restore drill runs on the restored copy"),
 )
 

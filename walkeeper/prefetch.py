@@ -1,0 +1,362 @@
+"""Prefetching fetch: a spool of the segments recovery will ask for next.
+
+When recovery fetches segment N, a detached prefetcher (a forked child, one at a time
+per cluster, held by a lock file) fetches N+1 .. N+K of the same timeline in parallel
+into <state_dir>/spool/<cluster>/. Each one is decoded and checked against its stored
+sha256 while written under a temporary name (`.NAME.tmp-*`), then renamed to
+`NAME.<sha256>.<crc32>`. A later fetch serves the entry for its exact name only, after
+checking its page header against the name and its content against the CRC-32 in its
+name (a damaged or truncated spool file is caught at a third of the cost of sha256
+on the hot path: the sha256 was verified before the entry got its name), by renaming
+it to DEST_PATH (copying when the spool is on another filesystem). Nothing is ever
+written inside pg_wal except DEST_PATH.
+
+The prefetcher follows the newest requested name (the `.wanted` file), stops at the
+first segment the archive lacks, keeps the spool under fetch.spool_max_bytes, and
+once no new request came for IDLE seconds it empties the spool and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import zlib
+
+from walkeeper import log
+from walkeeper.errors import CorruptObject, ObjectNotFound, StoreError
+from walkeeper.wal import (LONG_PAGE_HEADER_SIZE, Segment, WalName, check_segment_header,
+                           parse_long_page_header, valid_segment_size)
+
+IDLE = 5.0                 # seconds without a new request before the prefetcher ends
+STALE = 600.0              # spool entries older than this are dropped
+INFLIGHT_WAIT = 30.0       # longest wait for an entry being written by the prefetcher
+WANTED = ".wanted"
+LOCK = ".lock"
+_HASH_CHUNK = 1 << 20
+
+
+def spool_dir(state_dir: str, cluster: str) -> str:
+    return os.path.join(state_dir, "spool", cluster)
+
+
+def _entry(names: list[str], name: str) -> str | None:
+    for n in names:
+        if len(n) == len(name) + 74 and n.startswith(name + "."):
+            return n
+    return None
+
+
+def _inflight(names: list[str], name: str) -> list[str]:
+    prefix = f".{name}.tmp-"
+    return [n for n in names if n.startswith(prefix)]
+
+
+# ------------------------------------------------------------------ serving
+
+def serve(config, wal: WalName, dest: str) -> bool:
+    """Move the verified spool entry for exactly this name to DEST; False: not spooled
+    (or not good), fetch it from the stores."""
+    d = spool_dir(config.state_dir, config.cluster)
+    deadline = time.monotonic() + INFLIGHT_WAIT
+    while True:
+        try:
+            names = os.listdir(d)
+        except OSError:
+            return False
+        entry = _entry(names, wal.name)
+        if entry is not None:
+            break
+        # The prefetcher may be writing it right now: wait rather than fetch twice.
+        busy = False
+        for n in _inflight(names, wal.name):
+            try:
+                busy |= time.time() - os.stat(os.path.join(d, n)).st_mtime < 5.0
+            except OSError:
+                pass
+        if not busy or time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    path = os.path.join(d, entry)
+    try:
+        ok = _verify(path, wal, entry[-8:])
+    except OSError:
+        return False
+    if not ok:
+        _unlink(path)
+        return False
+    try:
+        os.replace(path, dest)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        if not _copy(path, dest):
+            return False
+        _unlink(path)
+    log.debug(f"served {wal.name} from the prefetch spool {d}")
+    return True
+
+
+def _verify(path: str, wal: WalName, expected: str) -> bool:
+    buf = bytearray(_HASH_CHUNK)
+    view = memoryview(buf)
+    crc = 0
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        n = f.readinto(buf)
+        try:
+            header = parse_long_page_header(bytes(view[:LONG_PAGE_HEADER_SIZE]))
+            check_segment_header(wal.segment, header, size)
+        except ValueError as exc:
+            log.warn(f"prefetch spool: {path} does not hold {wal.name} ({exc}); not served")
+            return False
+        while n:
+            crc = zlib.crc32(view[:n], crc)
+            n = f.readinto(buf)
+    if f"{crc:08x}" != expected:
+        log.warn(f"prefetch spool: {path} does not match its checksum; not served, "
+                 f"fetching from the stores")
+        return False
+    return True
+
+
+def _copy(src: str, dest: str) -> bool:
+    directory, base = os.path.split(dest)
+    tmp = os.path.join(directory, f".{base}.wk-{os.urandom(4).hex()}")
+    try:
+        with open(src, "rb") as fi, open(tmp, "xb") as fo:
+            while chunk := fi.read(_HASH_CHUNK):
+                fo.write(chunk)
+        os.replace(tmp, dest)
+        return True
+    except OSError:
+        _unlink(tmp)
+        return False
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# ------------------------------------------------------------ starting it
+
+def kick(config, wal: WalName, seg_size: int) -> None:
+    """After N reached DEST: tell the prefetcher about N, starting one if none runs.
+    Never fails the fetch."""
+    if config["fetch.prefetch"] <= 0 or not valid_segment_size(seg_size):
+        return
+    d = spool_dir(config.state_dir, config.cluster)
+    try:
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        tmp = os.path.join(d, f"{WANTED}.{os.getpid()}")
+        with open(tmp, "w") as f:
+            f.write(f"{wal.name} {seg_size}\n")
+        os.replace(tmp, os.path.join(d, WANTED))
+        lock_fd = os.open(os.path.join(d, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        log.warn(f"prefetch disabled: cannot use the spool {d} ({exc.strerror})")
+        return
+    import fcntl
+
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(lock_fd)           # a prefetcher runs and will see .wanted
+        return
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(lock_fd)
+        return
+    if pid:
+        os.close(lock_fd)           # the child holds the lock now
+        return
+    # Child: detach from PostgreSQL's process group and from its pipes.
+    try:
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.closerange(3, lock_fd)
+        os.closerange(lock_fd + 1, 1 << 16)
+        Prefetcher(config, d).run()
+    except BaseException:
+        pass
+    finally:
+        os._exit(0)
+
+
+# ---------------------------------------------------------- the prefetcher
+
+class Prefetcher:
+    def __init__(self, config, directory: str):
+        self.config = config
+        self.dir = directory
+        self.depth = config["fetch.prefetch"]
+        self.max_bytes = config["fetch.spool_max_bytes"]
+
+    def _wanted(self) -> tuple[Segment, int, float] | None:
+        path = os.path.join(self.dir, WANTED)
+        try:
+            with open(path) as f:
+                name, size = f.read().split()
+            st = os.stat(path)
+            return Segment.parse(name), int(size), (name, st.st_ino, st.st_mtime_ns)
+        except (OSError, ValueError):
+            return None
+
+    def _clean(self, current: Segment | None, keep: set[str], everything: bool = False) -> int:
+        """Drop entries already passed, stale ones and orphaned temporaries; return the
+        bytes the spool holds."""
+        total = 0
+        now = time.time()
+        try:
+            names = os.listdir(self.dir)
+        except OSError:
+            return 0
+        for n in names:
+            if n in (WANTED, LOCK) or n.startswith(WANTED + "."):
+                continue
+            path = os.path.join(self.dir, n)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if n.startswith("."):
+                if n in keep:
+                    total += st.st_size
+                elif everything or now - st.st_mtime > STALE:
+                    _unlink(path)
+                continue
+            name = n[:24]
+            passed = (current is not None and name[:8] == current.name[:8]
+                      and name <= current.name)
+            if everything or passed or now - st.st_mtime > STALE:
+                _unlink(path)
+            else:
+                total += st.st_size
+        return total
+
+    def run(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+        import threading
+
+        from walkeeper.layout import wal_keys
+        from walkeeper.stores import open_store
+        from walkeeper.wal import parse_wal_name
+
+        local = threading.local()
+        opened: list = []
+        lock = threading.Lock()
+
+        def stores() -> list:
+            s = getattr(local, "stores", None)
+            if s is None:
+                s = local.stores = [open_store(c) for c in self.config.stores]
+                with lock:
+                    opened.append(s)
+            return s
+
+        def fetch(name: str, tmp: str) -> str:
+            """'ok', 'missing' (every store said absent) or 'error'."""
+            keys = wal_keys(self.config.cluster, parse_wal_name(name),
+                            self.config["compression.algorithm"])
+            absent = 0
+            all_stores = stores()
+            for store in all_stores:
+                try:
+                    for key in keys:
+                        try:
+                            if self._fetch_key(store, key, name, tmp):
+                                return "ok"
+                        except ObjectNotFound:
+                            continue
+                    absent += 1
+                except (StoreError, CorruptObject, OSError):
+                    _unlink(tmp)
+            return "missing" if absent == len(all_stores) else "error"
+
+        inflight: dict[str, tuple] = {}       # name -> (future, temp file name)
+        fetched: set[str] = set()             # spooled by this run (maybe served already)
+        stop: Segment | None = None           # first segment the archive could not give
+        last_change = time.monotonic()
+        last_mtime = None
+        # One worker per core: decompression and sha256 release the GIL, and the
+        # fetch processes serving the spool need CPU too.
+        workers = max(1, min(os.cpu_count() or 2, self.depth))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            try:
+                while True:
+                    w = self._wanted()
+                    if w is None:
+                        break
+                    current, seg_size, mtime = w
+                    if mtime != last_mtime:
+                        last_mtime = mtime
+                        last_change = time.monotonic()
+                        if stop is not None and (stop.timeline != current.timeline
+                                                 or stop <= current):
+                            stop = None
+                    for name, (fut, tmp) in list(inflight.items()):
+                        if fut.done():
+                            del inflight[name]
+                            result = fut.result() if not fut.exception() else "error"
+                            if result == "ok":
+                                fetched.add(name)
+                            else:
+                                seg = Segment.parse(name)
+                                stop = seg if stop is None or seg < stop else stop
+                    spooled = self._clean(current, {t for _, t in inflight.values()})
+                    names = os.listdir(self.dir)
+                    nxt = current
+                    for _ in range(self.depth):
+                        nxt = nxt.next(seg_size)
+                        if stop is not None and nxt.timeline == stop.timeline and nxt >= stop:
+                            break
+                        if nxt.name in inflight or nxt.name in fetched \
+                                or _entry(names, nxt.name):
+                            continue
+                        if spooled + (len(inflight) + 1) * seg_size > self.max_bytes:
+                            break
+                        tmp = f".{nxt.name}.tmp-{os.urandom(4).hex()}"
+                        inflight[nxt.name] = (pool.submit(fetch, nxt.name, tmp), tmp)
+                    if not inflight and time.monotonic() - last_change > IDLE:
+                        break
+                    time.sleep(0.02)
+            finally:
+                for fut, _ in inflight.values():
+                    fut.cancel()
+        self._clean(None, set(), everything=True)
+        _unlink(os.path.join(self.dir, WANTED))
+        for s in opened:
+            for store in s:
+                store.close()
+
+    def _fetch_key(self, store, key: str, name: str, tmp: str) -> bool:
+        from walkeeper.objects import decode
+
+        reader = store.open(key)
+        path = os.path.join(self.dir, tmp)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            crc = 0
+            with os.fdopen(fd, "wb") as f:
+                def write(data: bytes) -> None:
+                    nonlocal crc
+                    crc = zlib.crc32(data, crc)
+                    f.write(data)
+
+                # decode raises CorruptObject unless the content matches its sha256
+                trailer = decode(reader.read, write)
+            os.rename(path, os.path.join(self.dir, f"{name}.{trailer.checksum}.{crc:08x}"))
+            return True
+        except BaseException:
+            _unlink(path)
+            raise
+        finally:
+            reader.close()
