@@ -4,14 +4,19 @@
 Over the same 64 real 16 MiB WAL segments (made by bench/make_wal.py), one process
 per segment as PostgreSQL's archiver runs it, each tool into an empty store:
 
-  push   cp + sync FILE  |  zstd -3 -q  |  pgbackrest archive-push (sync, zst level 3)
-         |  walkeeper push (local store, zstd level 3 by default)
-  fetch  zstd -d -q  |  pgbackrest archive-get  |  walkeeper fetch
+  push   cp + sync FILE  |  zstd -3 -q  (also two at a time)  |  pgbackrest archive-push
+         (sync, and async with process-max 2; zst level 3)  |  walkeeper push (local
+         store, zstd level 3 by default), and with read-ahead from a pg_wal directory
+         whose 64 segments are all marked .ready
+  fetch  zstd -d -q  |  pgbackrest archive-get (sync, and async with a 1 GiB queue)  |
+         walkeeper fetch (prefetch off, and on)
   start  python -c pass  vs  walkeeper push of an already-stored segment  vs
          walkeeper fetch of a missing one (interleaved, median of N)
 
-The bar (project issue): walkeeper push/fetch start-up <= 8x `python -c pass`, and
-walkeeper push throughput >= 0.9x pgBackRest archive-push, both in the same run.
+The bars (project issues 2 and 6): walkeeper push/fetch start-up <= 8x `python -c pass`;
+walkeeper push throughput >= 0.9x pgBackRest archive-push; read-ahead push >= pgBackRest
+async and >= 0.75x two parallel zstd -3; prefetching fetch >= pgBackRest async get
+(1 GiB queue) and >= 2x sequential walkeeper fetch; the fast paths <= 3x python -c pass.
 Must run as a non-root user (pgBackRest's stanza-create needs the cluster running,
 and PostgreSQL refuses root); bench/run.sh does that when started as root.
 Standard library only. Timings never go into tests.
@@ -20,6 +25,7 @@ Standard library only. Timings never go into tests.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -33,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -112,7 +119,10 @@ def run_per_segment(name: str, steps, segs: list[Path], env: dict[str, str]) -> 
         for s in segs:
             t0 = time.perf_counter()
             for cmd, e in steps(s):
-                timed(cmd, e or env)
+                if callable(cmd):       # in-process work the caller would do (no process)
+                    cmd()
+                else:
+                    timed(cmd, e or env)
             per.append(time.perf_counter() - t0)
     except Failed as exc:
         log(f"{name}: FAILED on segment {len(per) + 1}/{len(segs)} ({s.name}): {exc}")
@@ -186,13 +196,19 @@ def pgbackrest_template(pgb: str, meta: dict, work: Path, env: dict[str, str]) -
     return base
 
 
-def fresh_pgbackrest(template: Path, dest: Path) -> Path:
-    """Copy the empty post-stanza-create repo; return the config pointing at the copy."""
+def fresh_pgbackrest(template: Path, dest: Path, asynchronous: bool = False) -> Path:
+    """Copy the empty post-stanza-create repo; return the config pointing at the copy.
+
+    asynchronous: archive-async=y with process-max=2 and a 1 GiB archive-get queue
+    (the issue's best pgBackRest figures)."""
     shutil.copytree(template / "repo", dest / "repo")
     for d in ("lock", "log", "spool"):
         (dest / d).mkdir()
     text = (template / "pgbackrest.conf").read_text()
     text = text.replace(str(template), str(dest))
+    if asynchronous:
+        text = text.replace("archive-async=n", "archive-async=y\nprocess-max=2\n"
+                            "archive-get-queue-max=1GiB\narchive-push-queue-max=4GiB")
     conf = dest / "pgbackrest.conf"
     conf.write_text(text)
     return conf
@@ -217,15 +233,96 @@ def push_tools(a, work: Path, env: dict[str, str]) -> dict:
         return lambda s: [([a.pgbackrest, f"--config={conf}", f"--stanza={STANZA}",
                             "archive-push", str(s)], None)]
 
+    def pgbr_async(d: Path):
+        # pgBackRest's async push scans <pg1-path>/pg_wal/archive_status: give it a
+        # data directory of its own holding the kept cluster's pg_control.
+        conf = fresh_pgbackrest(a.pgbr_template, d, asynchronous=True)
+        pgdata = d / "pgdata"
+        (pgdata / "global").mkdir(parents=True)
+        shutil.copy(Path(a.meta["pgdata"]) / "global" / "pg_control", pgdata / "global")
+        shutil.copy(Path(a.meta["pgdata"]) / "PG_VERSION", pgdata)
+        conf.write_text(conf.read_text().replace(f"pg1-path={a.meta['pgdata']}",
+                                                 f"pg1-path={pgdata}"))
+        pg_wal = backlog(pgdata, a.segs)
+        return lambda s: [([a.pgbackrest, f"--config={conf}", f"--stanza={STANZA}",
+                            "archive-push", str(pg_wal / s.name)], None),
+                          (lambda: mark_done(pg_wal, s.name), None)]
+
     def walk(d: Path):
         e = {**env, "BACKUP_DIR": str(d / "store"), "WALKEEPER_STATE_DIR": str(d / "state")}
         return lambda s: [([*wk, "push", str(s), s.name], e)]
 
-    tools = {"cp + sync FILE": cp_sync, "zstd -3 -q": zstd3}
+    def walk_readahead(d: Path):
+        e = {**env, "BACKUP_DIR": str(d / "store"), "WALKEEPER_STATE_DIR": str(d / "state")}
+        pg_wal = backlog(d, a.segs)
+        return lambda s: [([*wk, "push", str(pg_wal / s.name), s.name], e),
+                          (lambda: mark_done(pg_wal, s.name), None)]
+
+    def zstd3_pairs(d: Path):
+        # Two zstd processes at a time (2 cores): the issue's "two parallel zstd -3".
+        index = {seg.name: i for i, seg in enumerate(a.segs)}
+
+        def pair(s: Path) -> None:
+            i = index[s.name]
+            if i % 2:
+                return
+            procs = [subprocess.Popen([a.zstd, "-3", "-q", "-f", str(x), "-o",
+                                       str(d / (x.name + ".zst"))], env=env,
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE)
+                     for x in a.segs[i:i + 2]]
+            for p in procs:
+                _, err = p.communicate()
+                if p.returncode:
+                    raise Failed(f"exit {p.returncode} from zstd: {err.decode().strip()}")
+
+        return lambda s: [(lambda: pair(s), None)]
+
+    tools = {"cp + sync FILE": cp_sync, "zstd -3 -q": zstd3, "zstd -3 -q (2 parallel)": zstd3_pairs}
     if a.pgbr_template is not None:
         tools["pgbackrest archive-push"] = pgbr
+        tools["pgbackrest async push"] = pgbr_async
     tools["walkeeper push"] = walk
+    tools["walkeeper push (read-ahead)"] = walk_readahead
     return tools
+
+
+def backlog(d: Path, segs: list[Path]) -> Path:
+    """The segments as a pg_wal directory with every one marked .ready (an archiver
+    that fell behind), hard links where possible: untimed set-up."""
+    pg_wal = d / "pg_wal"
+    (pg_wal / "archive_status").mkdir(parents=True)
+    for s in segs:
+        try:
+            os.link(s, pg_wal / s.name)
+        except OSError:
+            shutil.copy(s, pg_wal / s.name)
+        (pg_wal / "archive_status" / f"{s.name}.ready").touch()
+    return pg_wal
+
+
+def mark_done(pg_wal: Path, name: str) -> None:
+    """What PostgreSQL's archiver does after archive_command succeeded."""
+    os.rename(pg_wal / "archive_status" / f"{name}.ready",
+              pg_wal / "archive_status" / f"{name}.done")
+
+
+def wait_prefetcher(state: Path, timeout: float = 30.0) -> None:
+    """Untimed: let walkeeper's detached prefetcher finish before the next row."""
+    import fcntl
+
+    deadline = time.monotonic() + timeout
+    for lock in state.glob("spool/*/.lock"):
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError:
+                    time.sleep(0.1)
+        finally:
+            os.close(fd)
 
 
 def fetch_steps(name: str, a, src: Path, dest: Path, env: dict[str, str]):
@@ -236,15 +333,31 @@ def fetch_steps(name: str, a, src: Path, dest: Path, env: dict[str, str]):
         conf = src / "pgbackrest.conf"
         return lambda s: [([a.pgbackrest, f"--config={conf}", f"--stanza={STANZA}",
                             "archive-get", s.name, str(dest / s.name)], None)]
-    if name == "walkeeper fetch":
-        e = {**env, "BACKUP_DIR": str(src / "store"),
-             "WALKEEPER_STATE_DIR": str(src / "state-fetch")}
-        return lambda s: [([*a.walkeeper, "fetch", s.name, str(dest / s.name)], e)]
+    if name == "pgbackrest async get":
+        conf = src / "pgbackrest-get.conf"
+        text = (src / "pgbackrest.conf").read_text().replace(
+            "archive-async=n", "archive-async=y\nprocess-max=2\narchive-get-queue-max=1GiB")
+        text = text.replace(f"spool-path={src}/spool", f"spool-path={dest}.spool")
+        conf.write_text(text)
+        return lambda s: [([a.pgbackrest, f"--config={conf}", f"--stanza={STANZA}",
+                            "archive-get", s.name, str(dest / s.name)], None)]
+    if name in ("walkeeper fetch", "walkeeper fetch (prefetch)"):
+        # The sequential row has prefetch off; the other uses the defaults.
+        prefetch = 0 if name == "walkeeper fetch" else 8
+        state = dest.parent / (dest.name + ".state")
+        cfg = dest.parent / (dest.name + ".toml")
+        cfg.write_text(f'cluster = "default"\nstate_dir = "{state}"\n'
+                       f"[fetch]\nprefetch = {prefetch}\n"
+                       f'[[stores]]\nname = "local"\ntype = "local"\npath = "{src / "store"}"\n')
+        return lambda s: [([*a.walkeeper, "--config", str(cfg), "fetch", s.name,
+                            str(dest / s.name)], None)]
     raise KeyError(name)
 
 
 FETCH_FROM = {"zstd -d -q": "zstd -3 -q", "pgbackrest archive-get": "pgbackrest archive-push",
-              "walkeeper fetch": "walkeeper push"}
+              "pgbackrest async get": "pgbackrest archive-push",
+              "walkeeper fetch": "walkeeper push",
+              "walkeeper fetch (prefetch)": "walkeeper push"}
 
 
 def one_round(r: int, a, segs: list[Path], sums: dict[str, str], work: Path,
@@ -256,7 +369,8 @@ def one_round(r: int, a, segs: list[Path], sums: dict[str, str], work: Path,
     order = names[r % len(names):] + names[:r % len(names)]   # rotate order per round
     pushes, stores = {}, {}
     for name in order:
-        d = rdir / ("push-" + name.split()[0])
+        d = rdir / ("push-" + name.replace(" ", "_").replace("(", "").replace(")", "")
+                    .replace("+", ""))
         d.mkdir()
         steps = tools[name](d)
         log(f"round {r + 1}: push   {name}")
@@ -280,7 +394,7 @@ def one_round(r: int, a, segs: list[Path], sums: dict[str, str], work: Path,
             fetches[name] = {"tool": name, "ok": False,
                              "error": f"no store: {src_name} failed"}
             continue
-        dest = rdir / ("fetch-" + name.split()[0])
+        dest = rdir / ("fetch-" + name.replace(" ", "_").replace("(", "").replace(")", ""))
         dest.mkdir()
         log(f"round {r + 1}: fetch  {name}")
         res = run_per_segment(name, fetch_steps(name, a, stores[src_name], dest, env), segs,
@@ -290,6 +404,7 @@ def one_round(r: int, a, segs: list[Path], sums: dict[str, str], work: Path,
             if bad:
                 res["ok"], res["error"] = False, f"fetched content differs: {bad[:3]}"
         fetches[name] = res
+        wait_prefetcher(dest.parent / (dest.name + ".state"))
         shutil.rmtree(dest)
     # keep the last walkeeper store for the start-up phase
     if "walkeeper push" in stores:
@@ -324,6 +439,42 @@ def startup(a, segs: list[Path], work: Path, env: dict[str, str]) -> dict:
                        stdout=subprocess.DEVNULL)
         cmds["pgbackrest archive-push (already stored)"] = [*pg, "archive-push", str(seg)]
         cmds["pgbackrest archive-get (missing)"] = [*pg, "archive-get", missing, str(d / "out")]
+    # Issue 6's fast paths, each prepared (untimed) before every repetition:
+    # a push that read-ahead already did: an untimed push of segment 1 from a pg_wal
+    # directory where segment 2 is also .ready stores and records segment 2;
+    pg_wal = d / "pg_wal"
+    (pg_wal / "archive_status").mkdir(parents=True)
+    for s in segs[:2]:
+        shutil.copy(s, pg_wal / s.name)
+        (pg_wal / "archive_status" / f"{s.name}.ready").touch()
+    read_ahead = [*a.walkeeper, "push", str(pg_wal / segs[0].name), segs[0].name]
+    recorded = "walkeeper push (done by read-ahead)"
+    cmds[recorded] = [*a.walkeeper, "push", str(pg_wal / segs[1].name), segs[1].name]
+    envs[recorded] = wenv
+    # a fetch served from the spool: an entry NAME.<sha256>.<crc32> (the format
+    # walkeeper/prefetch.py writes) copied into the spool, with the spool's lock
+    # held as a running prefetcher holds it (so no prefetcher is started).
+    spool = state / "spool" / "default"
+    spool.mkdir(parents=True)
+    data = segs[1].read_bytes()
+    entry = spool / f"{segs[1].name}.{hashlib.sha256(data).hexdigest()}.{zlib.crc32(data):08x}"
+    del data
+    served = "walkeeper fetch (served from the spool)"
+    recovery = d / "recovery" / "pg_wal"
+    recovery.mkdir(parents=True)
+    cmds[served] = [*a.walkeeper, "fetch", segs[1].name, str(recovery / "RECOVERYXLOG")]
+    envs[served] = wenv
+
+    def prepare_recorded() -> None:
+        timed(read_ahead, wenv)
+
+    def prepare_served() -> None:
+        shutil.copy(segs[1], entry)
+        (recovery / "RECOVERYXLOG").unlink(missing_ok=True)   # PostgreSQL does that
+
+    prepare = {recorded: prepare_recorded, served: prepare_served}
+    lock_fd = os.open(spool / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock_fd, fcntl.LOCK_EX)
     ok = {k: (0,) for k in cmds}
     ok["walkeeper fetch (missing)"] = (1,)
     ok["pgbackrest archive-get (missing)"] = (1,)
@@ -334,12 +485,18 @@ def startup(a, segs: list[Path], work: Path, env: dict[str, str]) -> dict:
             keys = list(cmds)
             random.Random(i).shuffle(keys)      # interleaved, order varies
             for k in keys:
-                dt, _ = timed(cmds[k], envs.get(k, env), ok[k])
+                if k in prepare:
+                    prepare[k]()
+                dt, r = timed(cmds[k], envs.get(k, env), ok[k])
+                if k == served and (recovery / "RECOVERYXLOG").stat().st_size != SEG:
+                    raise Failed("the fetch served from the spool wrote a wrong file")
                 if i >= a.startup_warmup:
                     res[k]["times_s"].append(dt)
     except Failed as exc:
         log(f"startup: FAILED: {exc}")
         return {"ok": False, "error": str(exc), "commands": res}
+    finally:
+        os.close(lock_fd)
     for k, v in res.items():
         t = v["times_s"]
         v["median_ms"] = statistics.median(t) * 1e3
@@ -391,7 +548,45 @@ def summarize(result: dict) -> dict:
         bars["push_throughput_vs_pgbackrest"] = {
             "ratio": None, "bar": f">= {PUSH_BAR}", "pass": False,
             "error": wk.get("error") or pb.get("error") or "not measured"}
+    def ratio_bar(label: str, phase: str, num: str, den: str, bar: float, scale: float = 1.0):
+        a_, b_ = summ[phase].get(num, {}), summ[phase].get(den, {})
+        if a_.get("ok") and b_.get("ok"):
+            ratio = a_["seg_per_s_median"] / (scale * b_["seg_per_s_median"])
+            bars[label] = {"ratio": ratio, "bar": f">= {bar}", "pass": ratio >= bar}
+        else:
+            bars[label] = {"ratio": None, "bar": f">= {bar}", "pass": False,
+                           "error": a_.get("error") or b_.get("error") or "not measured"}
+
+    # Issue 6's bars.
+    ratio_bar("readahead_push_vs_pgbackrest_async", "push", "walkeeper push (read-ahead)",
+              "pgbackrest async push", 1.0)
+    ratio_bar("readahead_push_vs_two_parallel_zstd", "push", "walkeeper push (read-ahead)",
+              "zstd -3 -q (2 parallel)", 0.75)
+    ratio_bar("prefetch_fetch_vs_pgbackrest_async_1gib", "fetch", "walkeeper fetch (prefetch)",
+              "pgbackrest async get", 1.0)
+    ratio_bar("prefetch_fetch_vs_sequential_fetch", "fetch", "walkeeper fetch (prefetch)",
+              "walkeeper fetch", 2.0)
     st = result.get("startup", {})
+    # The fast paths: most calls of the read-ahead/prefetch rows are a push already
+    # recorded by read-ahead or a fetch served from the spool; their median per-segment
+    # time is that fast path.
+    for row, phase, label in (("walkeeper push (read-ahead)", "push", "readahead_row_ms_vs_python"),
+                              ("walkeeper fetch (prefetch)", "fetch", "prefetch_row_ms_vs_python")):
+        v = summ[phase].get(row, {})
+        if st.get("ok") and v.get("ok"):
+            ratio = v["per_segment_ms_median"] / st["commands"]["python -c pass"]["median_ms"]
+            bars[label] = {"ratio": ratio, "bar": "<= 3.0", "pass": ratio <= 3.0}
+        else:
+            bars[label] = {"ratio": None, "bar": "<= 3.0", "pass": False,
+                           "error": v.get("error") or st.get("error") or "not measured"}
+    for k, label in (("walkeeper push (done by read-ahead)", "fast_push_recorded_vs_python"),
+                     ("walkeeper fetch (served from the spool)", "fast_fetch_spool_vs_python")):
+        if st.get("ok"):
+            ratio = st["commands"][k]["ratio_to_python"]
+            bars[label] = {"ratio": ratio, "bar": "<= 3.0", "pass": ratio <= 3.0}
+        else:
+            bars[label] = {"ratio": None, "bar": "<= 3.0", "pass": False,
+                           "error": st.get("error", "not measured")}
     for k, label in (("walkeeper push (already stored)", "startup_push_vs_python"),
                      ("walkeeper fetch (missing)", "startup_fetch_vs_python")):
         if st.get("ok"):
@@ -419,19 +614,19 @@ def table(result: dict) -> str:
          f"cpus {result['host']['cpus']}; load average at start {la}",
          f"{n} segments x 16 MiB ({n * 16} MiB), one process per segment, "
          f"median of {rounds} round(s); MiB/s = uncompressed MiB per second", ""]
-    hdr = f"{'':6} {'tool':28} {'seg/s':>8} {'MiB/s':>8} {'ms/seg':>8} {'total s':>8} {'stored MiB':>10}"
+    hdr = f"{'':6} {'tool':30} {'seg/s':>8} {'MiB/s':>8} {'ms/seg':>8} {'total s':>8} {'stored MiB':>10}"
     L.append(hdr)
     L.append("-" * len(hdr))
     for phase in ("push", "fetch"):
         for t, v in s[phase].items():
             if v["ok"]:
-                L.append(f"{phase:6} {t:28} {fmt(v['seg_per_s_median'], '8.1f')} "
+                L.append(f"{phase:6} {t:30} {fmt(v['seg_per_s_median'], '8.1f')} "
                          f"{fmt(v['mib_per_s_median'], '8.1f')} "
                          f"{fmt(v['per_segment_ms_median'], '8.1f')} "
                          f"{fmt(v['total_s_median'], '8.2f')} "
                          f"{fmt(v['stored_mib'], '10.1f') if phase == 'push' else '':>10}")
             else:
-                L.append(f"{phase:6} {t:28} FAILED: {v['error']}")
+                L.append(f"{phase:6} {t:30} FAILED: {v['error']}")
     st = result.get("startup", {})
     L += ["", f"start-up (interleaved, {st.get('reps', '?')} reps after "
               f"{st.get('warmup', '?')} warm-up; median ms):"]
@@ -447,7 +642,7 @@ def table(result: dict) -> str:
         extra = f"  per round: {', '.join(f'{x:.3f}' for x in v['per_round'])}" \
             if v.get("per_round") else ""
         err = f"  ({v['error']})" if v.get("error") else ""
-        L.append(f"  {k:34} {fmt(v['ratio'], '6.3f')}  (bar {v['bar']})  {verdict}{extra}{err}")
+        L.append(f"  {k:40} {fmt(v['ratio'], '6.3f')}  (bar {v['bar']})  {verdict}{extra}{err}")
     return "\n".join(L)
 
 
@@ -490,6 +685,8 @@ def main(argv=None) -> int:
                    check=True, stdout=subprocess.DEVNULL)
     meta = json.loads((wal / "meta.json").read_text())
     segs = [wal / "segments" / n for n in meta["segments"]]
+    a.segs = segs
+    a.meta = meta
     sums = meta["sha256"]
 
     env = {k: v for k, v in os.environ.items()
