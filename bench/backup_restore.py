@@ -37,16 +37,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shlex
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+from benchlib import free_port, run
 
 PGBIN_DEFAULT = "/usr/lib/postgresql/15/bin"
 CLUSTER = "bench"
@@ -56,21 +56,7 @@ def log(msg: str) -> None:
     print(f"[backup_restore] {msg}", file=sys.stderr, flush=True)
 
 
-def run(cmd, **kw) -> subprocess.CompletedProcess:
-    kw.setdefault("check", True)
-    return subprocess.run([str(c) for c in cmd], **kw)
 
-
-def free_port() -> int:
-    for _ in range(50):
-        port = random.randint(20000, 60000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise SystemExit("no free port found")
 
 
 def du(path: Path) -> int:

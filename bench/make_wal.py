@@ -22,15 +22,15 @@ import argparse
 import hashlib
 import json
 import os
-import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchlib import free_port, run
 
 PGBIN_DEFAULT = "/usr/lib/postgresql/15/bin"
 SEG_SIZE = 16 * 1024 * 1024
@@ -41,21 +41,7 @@ def log(msg: str) -> None:
     print(f"[make_wal] {msg}", file=sys.stderr, flush=True)
 
 
-def run(cmd, **kw) -> subprocess.CompletedProcess:
-    kw.setdefault("check", True)
-    return subprocess.run([str(c) for c in cmd], **kw)
 
-
-def free_port() -> int:
-    for _ in range(50):
-        port = random.randint(20000, 60000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise SystemExit("no free port found")
 
 
 def sha256(path: Path) -> str:

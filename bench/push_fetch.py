@@ -33,7 +33,6 @@ import platform
 import random
 import shlex
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,8 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
+
+from benchlib import free_port
 
 HERE = Path(__file__).resolve().parent
 SEG = 16 * 1024 * 1024
@@ -139,16 +140,6 @@ def run_per_segment(name: str, steps, segs: list[Path], env: dict[str, str]) -> 
 
 # --------------------------------------------------------------------------- pgBackRest
 
-def free_port() -> int:
-    for _ in range(50):
-        port = random.randint(20000, 60000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise SystemExit("no free port")
 
 
 def pgbackrest_conf(base: Path, repo: Path, pgdata: Path, port: int, sock: Path) -> Path:
