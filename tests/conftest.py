@@ -44,6 +44,16 @@ def pg(tmp_path_factory) -> ClusterFactory:
     factory.close()
 
 
+@pytest.fixture(autouse=True)
+def _release_clusters(request):
+    """A test's clusters are stopped and their data deleted when it ends: a full run
+    would otherwise keep ~100 clusters and their WAL (several GB) until the session
+    ends."""
+    yield
+    if "pg" in request.fixturenames:
+        request.getfixturevalue("pg").release()
+
+
 @pytest.fixture
 def cluster(pg):
     c = pg.new()

@@ -347,8 +347,12 @@ class ClusterFactory:
         self._counter += 1
         return self.base_dir / f"{prefix}{self._counter}"
 
-    def new(self, wal_segsize_mb: int = 16, start: bool = True, **settings: object) -> Cluster:
+    def new(self, wal_segsize_mb: int = 16, start: bool = True, keep: bool = False,
+            **settings: object) -> Cluster:
         """A fresh cluster copied from the template, started unless start=False.
+
+        Clusters are stopped and deleted when the test that made them ends, unless
+        keep (for module-scoped fixtures): those live until the session ends.
 
         **settings go to postgresql.auto.conf after the base settings, e.g.
         ``pg.new(archive_mode="on", archive_command="walkeeper push %p %f")``.
@@ -361,6 +365,7 @@ class ClusterFactory:
         os.chmod(pgdata, 0o700)
         cluster = Cluster(pgdata, free_port(), self._new_socket_dir(), home / "postgres.log",
                           self.pg_bin, self.user)
+        cluster.keep = keep
         cluster.conf(**{**BASE_SETTINGS, "port": cluster.port,
                         "unix_socket_directories": str(cluster.socket_dir), **settings})
         self.clusters.append(cluster)
@@ -385,7 +390,19 @@ class ClusterFactory:
             cluster.start()
         return cluster
 
-    def close(self) -> None:
+    def release(self) -> None:
+        """Stop the clusters a finished test made (not the kept ones) and delete the
+        data directories this factory created for them."""
+        kept = [c for c in self.clusters if getattr(c, "keep", False)]
+        self.clusters = [c for c in self.clusters if not getattr(c, "keep", False)]
+        try:
+            self.close(remove=True, socket_dirs=False)
+        finally:
+            self.clusters = kept
+
+    def close(self, remove: bool = False, socket_dirs: bool = True) -> None:
+        """Stop every cluster; with remove, also delete the data directories this
+        factory created (the templates stay)."""
         errors = []
         for cluster in reversed(self.clusters):
             try:
@@ -395,9 +412,14 @@ class ClusterFactory:
                     cluster.stop("immediate", timeout=30)
                 except Exception:
                     errors.append(f"{cluster}: {exc}")
+                    continue
+            home = cluster.pgdata.parent
+            if remove and home.parent == self.base_dir and home.name.startswith("cluster"):
+                shutil.rmtree(home, ignore_errors=True)
         self.clusters.clear()
-        for d in self._socket_dirs:
-            shutil.rmtree(d, ignore_errors=True)
-        self._socket_dirs.clear()
+        if socket_dirs:
+            for d in self._socket_dirs:
+                shutil.rmtree(d, ignore_errors=True)
+            self._socket_dirs.clear()
         if errors:
             raise PgHarnessError("could not stop clusters: " + "; ".join(errors))

@@ -77,7 +77,7 @@ def world(pg, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("status")
     sshd = SshServer(tmp / "sshd").start()
     wk = runner(tmp)
-    cluster = pg.new()
+    cluster = pg.new(keep=True)
     try:
         cfg = write_config(tmp, cluster, sshd)
         cluster.conf(archive_mode="on", archive_command=f"{wk.path} --config {cfg} push %p %f")
