@@ -19,11 +19,12 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from procs import descendants, free_port
 
 PG_BIN = Path(os.environ.get("WALKEEPER_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
@@ -44,13 +45,6 @@ class PgHarnessError(RuntimeError):
     pass
 
 
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def quote_setting(value: object) -> str:
     """Render a value for postgresql.conf / postgresql.auto.conf."""
     if isinstance(value, bool):
@@ -68,30 +62,6 @@ def _tail(path: Path, lines: int = 40) -> str:
     except OSError as exc:
         return f"(cannot read {path}: {exc})"
     return "\n".join(content[-lines:])
-
-
-def _descendants(pid: int) -> list[int]:
-    """All live descendants of pid (via /proc), children before grandchildren."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        # comm may contain spaces and parentheses: split after the last ')'.
-        fields = stat[stat.rfind(")") + 2:].split()
-        ppid = int(fields[1])
-        children.setdefault(ppid, []).append(int(entry))
-    out: list[int] = []
-    todo = list(children.get(pid, []))
-    while todo:
-        p = todo.pop(0)
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
 
 
 def _run(cmd: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess:
@@ -189,7 +159,7 @@ class Cluster:
         pid = self.postmaster_pid()
         if pid is None:
             return
-        victims = [pid] + _descendants(pid)
+        victims = [pid] + descendants(pid)
         for p in victims:
             try:
                 os.kill(p, signal.SIGKILL)

@@ -22,35 +22,14 @@ import subprocess
 import time
 from pathlib import Path
 
+from procs import children_map, free_port
+
 SSHD = Path(os.environ.get("WALKEEPER_SSHD", "/usr/sbin/sshd"))
 SSH_KEYGEN = "ssh-keygen"
 
 
 class SshHarnessError(RuntimeError):
     pass
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _children_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        if fields[0] == "Z":
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
-    return children
 
 
 def find_password() -> str | None:
@@ -220,7 +199,7 @@ class SshServer:
         """The per-connection sshd processes (descendants of the listener)."""
         if self.proc is None or self.proc.poll() is not None:
             return []
-        children = _children_map()
+        children = children_map()
         out: list[int] = []
         todo = list(children.get(self.proc.pid, []))
         while todo:

@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from pgharness import PG_BIN, free_port
+from pgharness import PG_BIN
+from procs import free_port
 
 
 def write_config(tmp_path, conninfo, sshd=None, store="store", name="walkeeper.toml"):

@@ -352,12 +352,12 @@ def fetch(config: Config, wal_name: str, dest: str) -> str:
     dest = os.path.abspath(dest)
     if not os.path.isdir(os.path.dirname(dest)):
         raise UsageError(f"{os.path.dirname(dest)}: no such directory")
-    prefetch = None
+    prefetcher = None
     if wal.kind is WalKind.SEGMENT and config["fetch.prefetch"] > 0:
-        from walkeeper import prefetch
+        from walkeeper import prefetch as prefetcher
 
-        if prefetch.serve(config, wal, dest):
-            prefetch.kick(config, wal, os.path.getsize(dest))
+        if prefetcher.serve(config, wal, dest):
+            prefetcher.kick(config, wal, os.path.getsize(dest))
             return "spool"
     from walkeeper.layout import wal_keys
     from walkeeper.stores import open_store
@@ -382,8 +382,8 @@ def fetch(config: Config, wal_name: str, dest: str) -> str:
         finally:
             store.close()
     if found is not None:
-        if prefetch is not None:
-            prefetch.kick(config, wal, os.path.getsize(dest))
+        if prefetcher is not None:
+            prefetcher.kick(config, wal, os.path.getsize(dest))
         return found
     if not problems:
         raise NotInArchive(f"{wal.name} is not in the archive ({absent} store"

@@ -117,10 +117,7 @@ def _read_wal(store, cluster: str, model: ArchiveModel, with_history: bool) -> N
                 subdirs.append(e.name)
             continue
         key = f"{top}/{e.name}"
-        if is_temp(e.name):
-            model.temporary.append(key)
-            continue
-        wal = _parse(_object_name(e.name))
+        wal = _wal_entry(key, e.name, model)
         if wal is None:
             continue
         if wal.kind is not WalKind.HISTORY:
@@ -132,7 +129,13 @@ def _read_wal(store, cluster: str, model: ArchiveModel, with_history: bool) -> N
         _read_wal_dir(store, f"{top}/{d}", d, model)
 
 
-def _parse(name: str | None):
+def _wal_entry(key: str, basename: str, model: ArchiveModel):
+    """The WAL name an object stands for; None (and noted, for a leftover upload) when
+    it stands for none."""
+    if is_temp(basename):
+        model.temporary.append(key)
+        return None
+    name = _object_name(basename)
     if name is None:
         return None
     try:
@@ -157,10 +160,7 @@ def _read_wal_dir(store, directory: str, dirname: str, model: ArchiveModel) -> N
         if e.is_dir:
             continue
         key = f"{directory}/{e.name}"
-        if is_temp(e.name):
-            model.temporary.append(key)
-            continue
-        wal = _parse(_object_name(e.name))
+        wal = _wal_entry(key, e.name, model)
         if wal is None:
             continue
         if wal.kind is WalKind.HISTORY or not wal.name.startswith(dirname):
