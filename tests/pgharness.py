@@ -257,11 +257,18 @@ class Cluster:
         done_file = self.pgdata / "pg_wal" / "archive_status" / f"{wal_name}.done"
         deadline = time.monotonic() + timeout
         stats: dict = {}
+        settle = None
         while True:
             stats = self.archiver_stats()
             last = stats.get("last_archived_wal") or ""
-            if last == wal_name or last[:24] > wal_name[:24] or done_file.exists():
+            if last == wal_name or last[:24] > wal_name[:24]:
                 return stats
+            # The archiver marks .done just before it reports to pg_stat_archiver:
+            # give the statistics a moment to catch up, then trust the file.
+            if done_file.exists():
+                settle = settle or time.monotonic() + 2.0
+                if time.monotonic() > settle:
+                    return stats
             if time.monotonic() > deadline:
                 break
             time.sleep(0.05)

@@ -315,7 +315,9 @@ SFTP_STORE = '[[stores]]\nname = "s"\ntype = "sftp"\nhost = "h"\nuser = "u"\n'
     ('[[stores]]\nname = "a b/c"\ntype = "local"\npath = "/x"\n', ["name"]),
     (MINIMAL_TOML + MINIMAL_TOML.replace("/srv/wal", "/srv/other"), ["local"]),
     ('stores = "local"\n', ["stores"]),
-    (MINIMAL_TOML + '[encryption]\npassphrase_env = "WALKEEPER_PASSPHRASE"\n', ["encryption"]),
+    (MINIMAL_TOML + '[encryption]\n', ["encryption", "exactly one"]),
+    (MINIMAL_TOML + '[encryption]\npassphrase_env = "P"\nkey_file = "/k"\n', ["exactly one"]),
+    (MINIMAL_TOML + '[encryption]\npassphrase = "secret"\n', ["encryption.passphrase"]),
 ])
 def test_invalid_file_values_raise_config_error_naming_the_key(write, text, words):
     path = write(text)
@@ -332,11 +334,16 @@ def test_duplicate_store_names(write):
     assert "duplicate" in str(exc) and "local" in str(exc)
 
 
-def test_encryption_section_is_refused_not_ignored(write):
-    # Silently storing plaintext when the operator asked for encryption would
-    # be the worst outcome: this version refuses the section.
-    exc = load_error(write(FULL_TOML + '\n[encryption]\npassphrase_env = "WALKEEPER_PASSPHRASE"\n'))
-    assert "[encryption]" in str(exc)
+def test_encryption_section(write):
+    from walkeeper.crypto import Keyring
+
+    cfg = config.load(write(FULL_TOML + '\n[encryption]\npassphrase_env = "WK_PASS"\n'),
+                      env={"WK_PASS": "s3cret"})
+    assert cfg.encrypted and isinstance(cfg.keyring, Keyring)
+    assert cfg.keyring.secret() == b"s3cret"
+    assert cfg.keyring is cfg.keyring
+    plain = config.load(write(FULL_TOML), env={})
+    assert not plain.encrypted and plain.keyring is None
 
 
 def test_invalid_toml(write):

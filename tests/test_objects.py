@@ -86,15 +86,18 @@ def test_round_trip_sizes(codec, size):
     obj, trailer = encode(data, codec)
     assert obj[:4] == struct.pack("<I", SKIPPABLE_MAGIC)
     assert trailer.original_size == size
-    assert trailer.sha256 == hashlib.sha256(data).digest()
-    assert trailer.checksum == hashlib.sha256(data).hexdigest()
-    assert trailer.body_size == len(obj) - HEADER_SIZE - TRAILER_SIZE
+    body = obj[HEADER_SIZE:-TRAILER_SIZE]
+    assert trailer.sha256 == hashlib.sha256(body).digest()     # version 2: the stored body
+    assert trailer.checksum == hashlib.sha256(body).hexdigest()
+    assert trailer.body_size == len(body)
+    if codec == "none":
+        assert body == data
     back, t2 = decode_bytes(obj)
     assert back == data
     assert t2 == trailer
     # The trailer is the last 64 bytes and says the same thing.
     assert objects.unpack_trailer(obj[-TRAILER_SIZE:]) == trailer
-    assert objects.unpack_header(obj[:HEADER_SIZE]) == codec
+    assert objects.unpack_header(obj[:HEADER_SIZE]) == (2, codec, 0)
 
 
 @pytest.mark.parametrize("codec", CODECS)
@@ -150,7 +153,7 @@ def test_round_trip_hypothesis(data, codec, cuts, read_size):
     back, trailer = decode_bytes(obj, read_size=read_size)
     assert back == data
     assert trailer == enc.trailer
-    assert trailer.sha256 == hashlib.sha256(data).digest()
+    assert trailer.sha256 == hashlib.sha256(obj[HEADER_SIZE:-TRAILER_SIZE]).digest()
 
 
 # --------------------------------------------------------- stock zstd CLI
@@ -167,8 +170,11 @@ def test_stock_zstd_cli_decodes_object(tmp_path, size):
     proc = subprocess.run([ZSTD, "-q", "-d", "-c", str(path)], capture_output=True)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     assert proc.stdout == data
-    # The documented hand check: the last 32 bytes are the SHA-256 of the content.
-    assert obj[-32:] == hashlib.sha256(proc.stdout).digest()
+    # The documented hand check: the last 32 bytes are the SHA-256 of the body,
+    # `tail -c +17 NAME.zst | head -c -64 | sha256sum`.
+    assert obj[-32:] == hashlib.sha256(obj[16:-64]).digest()
+    # and `zstd -t` checks the content against the frame's own checksum.
+    assert subprocess.run([ZSTD, "-q", "-t", str(path)]).returncode == 0
 
 
 def test_raw_object_is_original_bytes_between_header_and_trailer():
@@ -181,15 +187,15 @@ def test_raw_object_is_original_bytes_between_header_and_trailer():
 def test_header_layout_matches_docs():
     for codec, code in (("none", 0), ("zstd", 1)):
         h = objects.pack_header(codec)
-        assert h == bytes.fromhex("502a4d18") + struct.pack("<I", 8) + b"WKEO" + bytes([1, code, 0, 0])
+        assert h == bytes.fromhex("502a4d18") + struct.pack("<I", 8) + b"WKEO" + bytes([2, code, 0, 0])
     obj, t = encode(b"abc", "none")
     trailer = obj[-TRAILER_SIZE:]
     assert trailer[:4] == bytes.fromhex("502a4d18")
     assert struct.unpack_from("<I", trailer, 4)[0] == 56
     assert trailer[8:12] == b"WKET"
-    assert trailer[12] == 1 and trailer[13:16] == b"\0\0\0"
+    assert trailer[12] == 2 and trailer[13:16] == b"\0\0\0"
     assert struct.unpack_from("<QQ", trailer, 16) == (3, 3)
-    assert trailer[32:] == hashlib.sha256(b"abc").digest()
+    assert trailer[32:] == hashlib.sha256(b"abc").digest()     # codec none: body == content
 
 
 # ------------------------------------------------------------- detection
@@ -329,10 +335,11 @@ def test_header_from_other_codec_is_detected():
 
 @pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("offset,value,words", [
-    (12, 2, "version"),            # header: format version
+    (12, 3, "version"),            # header: format version
     (12, 0, "version"),
+    (12, 1, "version"),            # a version 2 object with a version 1 header
     (13, 7, "codec"),              # header: unknown codec
-    (14, 1, "encrypted"),          # header: a cipher this walkeeper does not know
+    (14, 2, "encrypted"),          # header: a cipher this walkeeper does not know
     (14, 255, "encrypted"),
 ])
 def test_unknown_header_fields_are_refused(codec, offset, value, words):
@@ -344,7 +351,7 @@ def test_unknown_header_fields_are_refused(codec, offset, value, words):
 
 
 @pytest.mark.parametrize("codec", CODECS)
-@pytest.mark.parametrize("value", [0, 2, 255])
+@pytest.mark.parametrize("value", [0, 1, 3, 255])
 def test_unknown_trailer_version_is_refused(codec, value):
     obj, _ = SMALL[codec]
     bad = bytearray(obj)
@@ -457,3 +464,54 @@ def test_threaded_reader_close_early_stops_its_threads():
     assert r.read(CHUNK)
     r.close()
     assert not any(t.is_alive() for t in r._threads)
+
+
+# ------------------------------------------- version 1 objects stay readable
+def encode_v1(data: bytes, codec: str) -> bytes:
+    """An object as walkeeper wrote it before format version 2 (docs/format.md):
+    the trailer's SHA-256 covers the original bytes, the zstd frame has no checksum."""
+    import zstandard
+
+    body = zstandard.ZstdCompressor(level=3).compress(data) if codec == "zstd" else data
+    header = objects.pack_header(codec, version=1)
+    trailer = objects.pack_trailer(Trailer(len(data), len(body), hashlib.sha256(data).digest(), 1))
+    return header + body + trailer
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("size", [0, 1, 5000, 3 * CHUNK + 5])
+def test_version_1_objects_are_read(codec, size):
+    data = mixed_bytes(size)
+    obj = encode_v1(data, codec)
+    back, trailer = decode_bytes(obj)
+    assert back == data
+    assert trailer.version == 1 and trailer.sha256 == hashlib.sha256(data).digest()
+    assert read_threaded(obj) == data
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_damaged_version_1_objects_are_detected(codec):
+    obj = encode_v1(mixed_bytes(3 * CHUNK), codec)
+    for where in (HEADER_SIZE + 7, len(obj) // 2, len(obj) - TRAILER_SIZE - 1, len(obj) - 3):
+        bad = bytearray(obj)
+        bad[where] ^= 0x10
+        assert_corrupt(bytes(bad))
+        with pytest.raises(CorruptObject):
+            read_threaded(bytes(bad))
+    assert_corrupt(obj[:-1])
+    # a version 1 trailer under a version 2 header (or the reverse) is refused
+    v2, _ = encode(mixed_bytes(3000), codec)
+    assert_corrupt(v2[:-TRAILER_SIZE] + encode_v1(mixed_bytes(3000), codec)[-TRAILER_SIZE:])
+
+
+def test_zstd_frame_checksum_catches_content_the_body_checksum_cannot():
+    """A body whose trailer was rewritten to match (a writer bug, or a deliberate
+    edit) still decodes to checked content: zstd's XXH64 of the content."""
+    data = random_bytes(200_000, seed=9)        # incompressible: stored as raw blocks
+    obj, t = encode(data, "zstd")
+    body = bytearray(obj[HEADER_SIZE:-TRAILER_SIZE])
+    body[len(body) // 2] ^= 0x01                # a literal byte of a raw block
+    forged = objects.pack_trailer(Trailer(t.original_size, len(body),
+                                          hashlib.sha256(body).digest()))
+    with pytest.raises(CorruptObject, match="damaged"):
+        decode_bytes(obj[:HEADER_SIZE] + bytes(body) + forged)

@@ -35,9 +35,9 @@ def write_config(tmp_path: Path, extra: str = "", name: str = "walkeeper.toml") 
     return cfg
 
 
-def entry_name(name: str, data: bytes) -> str:
-    """A spool entry: NAME.<sha256>.<crc32> of the content."""
-    return f"{name}.{hashlib.sha256(data).hexdigest()}.{zlib.crc32(data):08x}"
+def entry_name(name: str, data: bytes, checksum: str | None = None) -> str:
+    """A spool entry: NAME.<the stored object's checksum>.<crc32 of the content>."""
+    return f"{name}.{checksum or hashlib.sha256(data).hexdigest()}.{zlib.crc32(data):08x}"
 
 
 def spool(tmp_path: Path, cluster: str = "pf") -> Path:
@@ -115,7 +115,8 @@ def test_next_segments_are_spooled_and_served(wk, tmp_path, archive):
     wait_for(lambda: [e[:24] for e in entries(tmp_path)] == segs[1:], what="the spool")
     for e in entries(tmp_path):
         data = (spool(tmp_path) / e).read_bytes()
-        assert e == entry_name(e[:24], data)
+        assert e == entry_name(e[:24], data, e.split(".")[1])
+        assert len(e.split(".")[1]) == 64
         assert data == content[e[:24]]
     for n in segs[1:]:
         r = wk("-v", "--config", cfg, "fetch", n, dest)

@@ -57,15 +57,41 @@ def _find(store, keys: list[str]) -> Existing | None:
     return None
 
 
-def _conflict(name: str, store, existing: Existing, size: int, digest: bytes) -> str | None:
+def _content_sha256(store, existing: Existing) -> bytes | None:
+    """SHA-256 of the original bytes of a stored object; None when it is damaged.
+    A version 1 trailer records it; a version 2 object is decoded (rare path)."""
+    import hashlib
+
+    from walkeeper.objects import decode
+
     t = existing.trailer
     if t is None:
+        return None
+    if t.version == 1:
+        return t.sha256
+    digest = hashlib.sha256()
+    reader = store.open(existing.key)
+    try:
+        decode(reader.read, digest.update, store.keyring)
+    except CorruptObject:
+        return None
+    finally:
+        reader.close()
+    return digest.digest()
+
+
+def _conflict(name: str, store, existing: Existing, size: int, digest: bytes) -> str | None:
+    """None when the stored copy holds exactly `size` bytes with SHA-256 `digest`."""
+    t = existing.trailer
+    stored = _content_sha256(store, existing) if t and t.original_size == size else None
+    if t is None or t.original_size == size and stored is None:
         return (f"{name}: the copy in store {store.name!r} ({existing.key}) is damaged and "
                 f"cannot be compared; run verify-chain and repair it by hand")
-    if t.sha256 == digest and t.original_size == size:
+    if stored == digest:
         return None
+    shown = stored.hex() if stored else "not computed"
     return (f"{name}: store {store.name!r} already holds different content (stored sha256 "
-            f"{t.checksum}, {t.original_size} bytes; new sha256 {digest.hex()}, {size} bytes); "
+            f"{shown}, {t.original_size} bytes; new sha256 {digest.hex()}, {size} bytes); "
             f"not overwritten: a second cluster or a split brain may be writing to this archive")
 
 
@@ -105,29 +131,32 @@ def _check_identity(store, cluster: str, sysid: int, seg_size: int) -> None:
 
 
 def _upload(f, name: str, key: str, stores: list, config: Config, size: int,
-            zstd_threads: int = 2):
+            zstd_threads: int = 2, seal=None):
     """One read of the source, encoded once, written to every store in `stores`.
 
     Returns (errors by store name, conflict messages, trailer of what was written).
     """
-    from walkeeper.objects import read_chunks
+    from walkeeper.objects import read_chunks, sha256_file
     from walkeeper.transfer import put_stream
 
     f.seek(0)
     try:
         out = put_stream(stores, key, read_chunks(f), config["compression.algorithm"],
-                         config["compression.level"], size, zstd_threads)
+                         config["compression.level"], size, zstd_threads, seal)
     except OSError as exc:
         raise OperationFailed(f"cannot read {f.name}: {exc.strerror}") from None
     conflicts = []
     t = out.trailer
     for s in out.stored:
         log.debug(f"stored {name} in {s.name} ({s.location}): {t.original_size} bytes as "
-                  f"{t.body_size}, sha256 {t.checksum}")
-    for s in out.taken:
+                  f"{t.body_size}, body sha256 {t.checksum}")
+    if out.taken:
         # Someone stored the same name while we uploaded: same content is fine.
+        f.seek(0)
+        size, digest = sha256_file(f)
+    for s in out.taken:
         existing = _find(s, [key])
-        msg = _conflict(name, s, existing, t.original_size, t.sha256) if existing else None
+        msg = _conflict(name, s, existing, size, digest) if existing else None
         if msg:
             conflicts.append(msg)
     return out.errors, conflicts, t
@@ -136,8 +165,8 @@ def _upload(f, name: str, key: str, stores: list, config: Config, size: int,
 def push(config: Config, wal_path: str, wal_name: str) -> list[str]:
     """Store WAL_PATH as WAL_NAME durably in every store; return where it was written.
 
-    A segment inside pg_wal brings the other ready segments along (read-ahead, see
-    readahead.py); a segment that read-ahead already stored returns at once.
+    A segment inside pg_wal gets a background pusher storing the other ready segments
+    (read-ahead, see readahead.py); a segment that it already stored returns at once.
     """
     wal = parse_name(wal_name)
     if wal.kind is not WalKind.SEGMENT:
@@ -231,10 +260,17 @@ def _push_with_readahead(config: Config, wal_path: str, wal: WalName, extras: li
     return written
 
 
+def _writer_key(config: Config, stores: list):
+    from walkeeper.crypto import writer_key
+
+    return writer_key(config.keyring, stores, config.cluster)
+
+
 def _push_path(config: Config, wal_path: str, wal: WalName, stores: list,
-               zstd_threads: int = 2):
-    """Push one file; return (stores written, sha256, stat of the file when it did not
-    change while it was read, else None)."""
+               zstd_threads: int = 2, seal_of=None):
+    """Push one file; return (stores written, checksum, stat of the file when it did not
+    change while it was read, else None). seal_of(stores): the archive's key, or None
+    for a plain archive (see crypto.writer_key)."""
     try:
         f = open(wal_path, "rb")
     except FileNotFoundError:
@@ -253,15 +289,17 @@ def _push_path(config: Config, wal_path: str, wal: WalName, stores: list,
                 raise OperationFailed(f"{wal.name}: refusing to archive, its content does not "
                                       f"match its name ({exc}): corruption, or another "
                                       f"cluster's WAL") from None
-        written, digest = _push(config, f, wal, size, header, stores, zstd_threads)
+        written, digest = _push(config, f, wal, size, header, stores, zstd_threads,
+                                seal_of or (lambda st: _writer_key(config, st)))
         after = os.fstat(f.fileno())
     same = (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
     return written, digest, before if same else None
 
 
 def _push(config: Config, f, wal: WalName, size: int, header, stores: list,
-          zstd_threads: int = 2):
-    """Returns (names of the stores written, sha256 of the content)."""
+          zstd_threads: int, seal_of):
+    """Returns (names of the stores written, a checksum: of what was stored, or of the
+    content when every store already held it)."""
     import time
 
     from walkeeper.layout import wal_keys
@@ -291,6 +329,7 @@ def _push(config: Config, f, wal: WalName, size: int, header, stores: list,
     todo = [s for s in stores if s not in present and s.name not in errors]
     written = []
     attempt = 0
+    seal = seal_of(todo) if todo else None
     while todo:
         if header is not None:
             for s in list(todo):
@@ -300,7 +339,7 @@ def _push(config: Config, f, wal: WalName, size: int, header, stores: list,
                     errors[s.name] = exc
                     todo.remove(s)
         errs, conflicts, trailer = _upload(f, wal.name, keys[0], todo, config, size,
-                                           zstd_threads)
+                                           zstd_threads, seal)
         if conflicts:
             raise ConflictError(conflicts[0])
         if trailer is not None:
@@ -366,8 +405,9 @@ def fetch(config: Config, wal_name: str, dest: str) -> str:
     absent = 0
     problems = []
     found = None
-    for cfg in config.stores:
-        store = open_store(cfg)
+    for n, cfg in enumerate(config.stores, 1):
+        store = open_store(cfg, config.keyring)
+        more = "; trying the next store" if n < len(config.stores) else ""
         try:
             if _fetch_one(store, keys, dest):
                 found = store.name
@@ -375,10 +415,12 @@ def fetch(config: Config, wal_name: str, dest: str) -> str:
             absent += 1
         except CorruptObject as exc:
             problems.append(f"store {store.name!r}: {wal.name} is corrupt ({exc})")
-            log.warn(problems[-1] + "; trying the next store")
+            if more:
+                log.warn(problems[-1] + more)
         except StoreError as exc:
             problems.append(str(exc))
-            log.warn(problems[-1] + "; trying the next store")
+            if more:
+                log.warn(problems[-1] + more)
         finally:
             store.close()
     if found is not None:

@@ -32,6 +32,7 @@ from walkeeper.layout import (backup_file_key, backup_meta_key, backups_dir,
                               identity_key, wal_dir, wal_keys)
 from walkeeper.model import BackupFile, BackupInfo
 from walkeeper.objects import CHUNK, HEADER_SIZE, TRAILER_SIZE, Trailer, decode
+from walkeeper.crypto import writer_key
 from walkeeper.stores import open_stores
 from walkeeper.transfer import put_stream
 from walkeeper.wal import Segment, format_lsn, parse_lsn, parse_wal_name
@@ -127,7 +128,7 @@ class _Abandon(Exception):
 
 
 def stream_program(argv: list[str], env: dict[str, str], stores: list, key: str,
-                   config: Config, observe=None) -> tuple[Trailer, str]:
+                   config: Config, observe=None, seal=None) -> tuple[Trailer, str]:
     """Run a program and store its stdout under `key` in every store, or in none.
 
     Returns (trailer, the program's stderr). The object is committed only if the
@@ -198,7 +199,8 @@ def stream_program(argv: list[str], env: dict[str, str], stores: list, key: str,
 
     try:
         out = put_stream([_WatchedStore(s, watch) for s in stores], key, chunks(),
-                         config["compression.algorithm"], config["compression.level"])
+                         config["compression.algorithm"], config["compression.level"],
+                         seal=seal)
     except _Abandon:
         raise OperationFailed(f"{watch.error}; abandoned: the copy must reach every store") \
             from None
@@ -246,8 +248,14 @@ def new_id(stores: list, parent: str, now: datetime | None = None) -> str:
     return candidate
 
 
-def write_metadata(stores: list, key: str, doc: dict) -> None:
+def write_metadata(stores: list, key: str, doc: dict, seal=None) -> None:
+    """backup.json / dump.json: plain JSON, or with `seal` (an encrypted archive) a
+    stored object, since labels, database names and sizes describe the content."""
     data = (json.dumps(doc, indent=2) + "\n").encode()
+    if seal is not None:
+        from walkeeper.objects import encode_bytes
+
+        data = encode_bytes(data, "zstd", seal)
     failed = []
     for s in stores:
         try:
@@ -277,7 +285,7 @@ def read_wal_file(stores: list, cluster: str, name: str, codec: str) -> bytes | 
                 break
             buf = io.BytesIO()
             try:
-                decode(reader.read, buf.write)
+                decode(reader.read, buf.write, s.keyring)
                 return buf.getvalue()
             except (CorruptObject, StoreError) as exc:
                 log.warn(f"store {s.name!r}: {key}: {exc}; trying the next store")
@@ -395,6 +403,7 @@ def _take(config: Config, info: dict, backup_id: str, label: str, progress: bool
             *(["-d", conninfo] if conninfo else []),
             "-D", "-", "-Ft", "-X", "none", "-c", "fast", "-v", "--no-password", "-l", label]
     key = backup_file_key(cluster, backup_id, "base.tar", codec)
+    seal = writer_key(config.keyring, stores, cluster)
     sniffer = pg.TarSniffer()
     bar = Progress(info["database_bytes"], progress)
 
@@ -405,7 +414,7 @@ def _take(config: Config, info: dict, backup_id: str, label: str, progress: bool
     log.debug(f"backup {backup_id}: {argv[0]} into {key}")
     started = datetime.now(timezone.utc)
     try:
-        trailer, _ = stream_program(argv, env, stores, key, config, observe)
+        trailer, _ = stream_program(argv, env, stores, key, config, observe, seal)
     finally:
         bar.finish()
     ended = datetime.now(timezone.utc)
@@ -427,7 +436,7 @@ def _take(config: Config, info: dict, backup_id: str, label: str, progress: bool
             stored_bytes={s.name: stored_size(trailer) for s in stores},
             files=[BackupFile("base.tar", key, trailer.original_size, stored_size(trailer),
                               trailer.checksum)])
-        write_metadata(stores, backup_meta_key(cluster, backup_id), result.to_json())
+        write_metadata(stores, backup_meta_key(cluster, backup_id), result.to_json(), seal)
     except BaseException:
         for s in stores:
             _delete(s, key)

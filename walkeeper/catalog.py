@@ -24,6 +24,9 @@ from walkeeper import log
 from walkeeper.errors import CorruptObject, ObjectNotFound, OperationFailed, StoreError
 from walkeeper.layout import BACKUP_META, backup_dir, backups_dir, identity_key, is_temp
 from walkeeper.model import ArchiveModel, BackupInfo, WalObject
+# The only files an encrypted archive holds in clear: they say which system and which
+# key the archive belongs to, and hold nothing of the database's content.
+PLAIN_FILES = ("/identity.json", "/encryption.json")
 from walkeeper.objects import HEADER_SIZE, SKIPPABLE_MAGIC, SUFFIX, decode
 from walkeeper.wal import DEFAULT_SEGMENT_SIZE, Segment, WalKind, format_lsn, parse_history, \
     parse_wal_name, valid_segment_size
@@ -67,8 +70,11 @@ def read_small(store, key: str, limit: int = SMALL_OBJECT_LIMIT) -> bytes:
         raise CorruptObject(f"larger than {limit} bytes, too large for what it claims to be")
     if len(raw) >= HEADER_SIZE and int.from_bytes(raw[:4], "little") == SKIPPABLE_MAGIC:
         out = io.BytesIO()
-        decode(io.BytesIO(raw).read, out.write)
+        decode(io.BytesIO(raw).read, out.write, store.keyring)
         return out.getvalue()
+    if store.keyring is not None and not key.endswith(PLAIN_FILES):
+        raise CorruptObject("stored in clear, but this archive is encrypted: refusing it "
+                            "(walkeeper never mixes plain and encrypted objects)")
     return raw
 
 

@@ -43,6 +43,10 @@ def run_checks(config: Config, timeout: float = SWITCH_TIMEOUT, report=None) -> 
                               f"{config.cluster!r}; stores {names}"))
     add(_check_state_dir(config))
     stores_ok = all([add(_check_store(config, s)).ok for s in config.stores])
+    if stores_ok:
+        add(_check_encryption(config))
+    else:
+        add(Check("encryption", None, "a store failed its check above"))
     settings = _server_settings(config)
     if isinstance(settings, Check):
         add(settings)
@@ -138,6 +142,29 @@ def _check_store(config: Config, cfg) -> Check:
             store.close()
     ms = (time.monotonic() - started) * 1000
     return Check(name, True, f"write, read back, delete ({store.location}, {ms:.0f} ms)")
+
+
+def _check_encryption(config: Config) -> Check:
+    """The configured key against the archive's (crypto.writer_key: what push does
+    before it writes), so that a wrong key shows here and not in the archiver."""
+    from walkeeper.crypto import writer_key
+
+    stores = []
+    try:
+        stores = [open_store(s, config.keyring) for s in config.stores]
+        key = writer_key(config.keyring, stores, config.cluster)
+    except ConfigError as exc:
+        return Check("encryption", False, exc.line(),
+                     "configure the archive's key in [encryption] (docs/encryption.md)")
+    except (StoreError, OperationFailed) as exc:
+        return Check("encryption", False, str(exc), "see docs/encryption.md")
+    finally:
+        for s in stores:
+            s.close()
+    if key is None:
+        return Check("encryption", True, "off: objects are stored unencrypted")
+    return Check("encryption", True, f"on ({config.keyring.source()}); the key is the "
+                                     f"archive's (key check {key.check.hex()[:8]})")
 
 
 def _store_fix(cfg) -> str:

@@ -250,8 +250,11 @@ def _click_main(argv: list[str]) -> int:
                 return
             click.echo(_describe_plan(plan, dry_run))
             if not dry_run:
+                var = cfg["encryption.passphrase_env"]
+                env = f"{var}=... " if var else ""
                 click.echo(f"restored into {os.path.abspath(pgdata)}; start it with: "
-                           f"pg_ctl -D {os.path.abspath(pgdata)} start")
+                           f"{env}pg_ctl -D {os.path.abspath(pgdata)} start"
+                           + (f" (restore_command needs ${var})" if var else ""))
         run("recover", go)
 
     @cli.command()

@@ -54,6 +54,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("fetch.spool_max_bytes", int, 1 << 30, "upper bound of the prefetch spool, in "
             "bytes", minimum=0),
     Setting("drill.sql", str, "", "extra SQL the restore drill runs on the restored copy"),
+    Setting("encryption.passphrase_env", str, "", "variable holding the passphrase every "
+            "object is encrypted with (stretched with scrypt); see docs/encryption.md"),
+    Setting("encryption.key_file", str, "", "file of at least 32 random bytes (mode 0600) to "
+            "encrypt with instead of a passphrase"),
 )
 
 STORE_SETTINGS: tuple[Setting, ...] = (
@@ -87,10 +91,12 @@ StoreConfig = namedtuple(
 
 
 class Config:
-    def __init__(self, path: str | None, values: dict, stores: list):
+    def __init__(self, path: str | None, values: dict, stores: list, env=None):
         self.path = path          # absolute path of the file read; None: environment only
         self.values = values
         self.stores = stores
+        self.env = os.environ if env is None else env
+        self._keyring = None
 
     def __getitem__(self, key: str):
         return self.values[key]
@@ -106,6 +112,24 @@ class Config:
             return os.path.expanduser(v)
         base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
         return os.path.join(base, "walkeeper")
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.values["encryption.passphrase_env"] or self.values["encryption.key_file"])
+
+    @property
+    def keyring(self):
+        """The archive's crypto.Keyring, or None when [encryption] is absent. The secret
+        is read on first use, not here."""
+        if not self.encrypted:
+            return None
+        if self._keyring is None:
+            from walkeeper.crypto import Keyring
+
+            self._keyring = Keyring(self.values["encryption.passphrase_env"],
+                                    self.values["encryption.key_file"], self.env,
+                                    os.path.join(self.state_dir, "keys"))
+        return self._keyring
 
 
 def _where(path: str | None, key: str) -> str:
@@ -136,10 +160,6 @@ def _flatten(data: dict, path: str | None) -> dict:
     for k, v in data.items():
         if k == "stores":
             continue
-        if k == "encryption":
-            raise ConfigError(f"{_where(path, '[encryption]')}: encryption is not available in "
-                              f"this version of walkeeper; remove the section (objects would "
-                              f"otherwise be stored unencrypted)")
         if isinstance(v, dict) and k in _SECTIONS:
             for k2, v2 in v.items():
                 flat[f"{k}.{k2}"] = v2
@@ -246,7 +266,14 @@ def load(path: str | None = None, env: dict[str, str] | None = None) -> Config:
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise ConfigError(f"{_where(file_path, 'stores')}: duplicate store name {sorted(dup)[0]!r}")
-    return Config(path=file_path, values=values, stores=stores)
+    enc = data.get("encryption")
+    if enc is not None:
+        where = _where(file_path, "[encryption]")
+        if not isinstance(enc, dict):
+            raise ConfigError(f"{where}: expected a table")
+        if bool(values["encryption.passphrase_env"]) == bool(values["encryption.key_file"]):
+            raise ConfigError(f"{where}: give exactly one of passphrase_env and key_file")
+    return Config(path=file_path, values=values, stores=stores, env=env)
 
 
 def reference_markdown() -> str:

@@ -24,7 +24,7 @@ import time
 
 from walkeeper import log, pg, state
 from walkeeper.config import Config
-from walkeeper.errors import OperationFailed, StoreError, WalkeeperError
+from walkeeper.errors import ConfigError, OperationFailed, StoreError, WalkeeperError
 from walkeeper.planner import Target
 from walkeeper.restore import RecoveryOptions, recover
 from walkeeper.wal import Segment, format_lsn, parse_lsn
@@ -84,8 +84,10 @@ def run_drill(config: Config, keep: bool = False) -> dict:
             reason += f"; the restored copy is kept in {server.pgdata}"
         state.record_success(config.state_dir, "drill", ok=False, seconds=None,
                              backup=backup_id, reason=reason)
-        raise OperationFailed(reason, hint=f"server log: "
-                              f"{os.path.join(config.state_dir, LAST_LOG)}") from None
+        # A wrong or missing key stays a configuration error (exit 3), as in every command.
+        error = ConfigError if isinstance(exc, ConfigError) else OperationFailed
+        raise error(reason, hint=f"server log: "
+                    f"{os.path.join(config.state_dir, LAST_LOG)}") from None
     finally:
         server.ensure_stopped()
         _keep_log(server.log, config.state_dir)

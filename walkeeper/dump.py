@@ -17,7 +17,10 @@ from datetime import datetime, timezone
 
 from walkeeper import log, pg, state
 from walkeeper.backup import new_id, stored_size, stream_program, write_metadata
+from walkeeper.catalog import read_json
+from walkeeper.crypto import writer_key
 from walkeeper.config import Config
+from walkeeper.crypto import writer_key
 from walkeeper.errors import CorruptObject, ObjectNotFound, OperationFailed, StoreError
 from walkeeper.layout import dump_file_key, dump_meta_key, dumps_dir, is_temp
 from walkeeper.stores import open_store, open_stores
@@ -46,14 +49,15 @@ def take_dump(config: Config, database: str | None = None) -> dict:
                     "--no-password", "-d", clean_conninfo]
             if codec != "none":
                 argv[2:2] = ["-Z", "0"]
+            seal = writer_key(config.keyring, stores, config.cluster)
             started = datetime.now(timezone.utc)
-            trailer, _ = stream_program(argv, env, stores, key, config)
+            trailer, _ = stream_program(argv, env, stores, key, config, seal=seal)
             doc = {"id": dump_id, "database": database, "time": started.isoformat(),
                    "key": key, "format": "pg_dump -Fc", "size": trailer.original_size,
                    "stored_bytes": {s.name: stored_size(trailer) for s in stores},
                    "sha256": trailer.checksum}
             try:
-                write_metadata(stores, dump_meta_key(config.cluster, dump_id), doc)
+                write_metadata(stores, dump_meta_key(config.cluster, dump_id), doc, seal)
             except BaseException:
                 for s in stores:
                     _delete(s, key)
@@ -89,21 +93,13 @@ def list_dumps(store, cluster: str) -> list[dict]:
 
 def _read_meta(store, cluster: str, dump_id: str) -> dict | None:
     try:
-        reader = store.open(dump_meta_key(cluster, dump_id))
-    except ObjectNotFound:
-        return None
-    try:
-        data = b""
-        while chunk := reader.read(1 << 16):
-            data += chunk
-    finally:
-        reader.close()
-    try:
-        doc = json.loads(data)
-        if not isinstance(doc, dict) or not {"id", "database", "key", "sha256"} <= doc.keys():
+        doc = read_json(store, dump_meta_key(cluster, dump_id))
+        if not {"id", "database", "key", "sha256"} <= doc.keys():
             raise ValueError
         return doc
-    except ValueError:
+    except ObjectNotFound:
+        return None
+    except (ValueError, CorruptObject):
         log.warn(f"store {store.name!r}: {dump_meta_key(cluster, dump_id)} is damaged")
         return None
 
@@ -146,7 +142,7 @@ def _fetch(config: Config, dump_id: str, dest: str) -> str:
     known: set[str] = set()
     for n, cfg in enumerate(config.stores, 1):
         more = "; trying the next store" if n < len(config.stores) else ""
-        store = open_store(cfg)
+        store = open_store(cfg, config.keyring)
         try:
             doc = _read_meta(store, config.cluster, dump_id) if _ID_RE.match(dump_id) else None
             if doc is None:

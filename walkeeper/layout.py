@@ -25,6 +25,11 @@ def identity_key(cluster: str) -> str:
     return f"{cluster}/identity.json"
 
 
+def encryption_key(cluster: str) -> str:
+    """How the archive is encrypted (crypto.py): KDF parameters and a key check."""
+    return f"{cluster}/encryption.json"
+
+
 def wal_dir(cluster: str, wal: WalName) -> str:
     if wal.kind is WalKind.HISTORY:
         return f"{cluster}/wal"

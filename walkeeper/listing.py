@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from walkeeper.crypto import check_key
 from walkeeper.catalog import read_archive, read_json, merge, wal_ranges
 from walkeeper.errors import CorruptObject, ObjectNotFound, OperationFailed, StoreError
 from walkeeper.layout import DUMP_META, dump_dir, dump_meta_key, dumps_dir, is_temp
@@ -50,6 +51,7 @@ def list_data(config) -> dict:
     models, dumps, errors = [], {}, {}
     stores = open_stores(config)
     try:
+        check_key(config.keyring, stores, config.cluster)
         for store in stores:
             try:
                 model = read_archive(store, config.cluster)

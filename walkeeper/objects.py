@@ -1,15 +1,20 @@
 """The stored-object format: one self-verifying stream per stored file.
 
     header   zstd skippable frame: magic 0x184D2A50, length 8, b"WKEO", version, codec, cipher, 0
-    body     the codec's bytes (a zstd frame, or the original bytes for codec "none")
+    body     the codec's bytes (a zstd frame carrying its own content checksum, or the
+             original bytes for codec "none"); encrypted (cipher 1): a preamble, then
+             those bytes sealed in authenticated chunks (crypto.py)
     trailer  zstd skippable frame: magic 0x184D2A50, length 56,
              b"WKET", version, 0, 0, 0, original size (u64), body size (u64), sha256 (32 bytes)
 
-Header and trailer are zstd skippable frames so that `zstd -d NAME.zst` on a stored
-object gives back the original file with nothing but the stock zstd tool. The
-checksum covers the original bytes, so an object verifies on its own, whatever the
-codec. The trailer comes last because size and checksum are only known once the
-stream has been read; readers keep a sliding 64-byte tail instead of seeking.
+Version 2 (written today): the trailer's SHA-256 covers the body, the bytes stored, so
+an object is checked by hashing what is stored (a quarter of the original bytes for
+WAL, a fifth or less for a database) while zstd's own frame checksum (XXH64) checks
+the decompressed content. Version 1 (read, never written): the SHA-256 covers the
+original bytes. Header and trailer are zstd skippable frames, so `zstd -d NAME.zst` on
+an unencrypted object gives back the original file with nothing but the stock zstd
+tool. The trailer comes last because sizes and checksum are only known once the
+stream has been written; readers keep a sliding 64-byte tail instead of seeking.
 See docs/format.md.
 """
 
@@ -20,14 +25,16 @@ import struct
 from collections.abc import Callable, Iterable, Iterator
 from collections import namedtuple
 
-from walkeeper.errors import CorruptObject
+from walkeeper.errors import ConfigError, CorruptObject
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # what is written
+READABLE_VERSIONS = (1, 2)
 SKIPPABLE_MAGIC = 0x184D2A50
 CODECS = {"none": 0, "zstd": 1}
 CODEC_NAMES = {v: k for k, v in CODECS.items()}
 SUFFIX = {"none": ".raw", "zstd": ".zst"}
 CIPHER_NONE = 0
+CIPHER_AES256GCM = 1
 
 _HEADER = struct.Struct("<II4sBBBB")
 _TRAILER = struct.Struct("<II4sB3sQQ32s")
@@ -36,7 +43,10 @@ TRAILER_SIZE = _TRAILER.size  # 64
 CHUNK = 1 << 20
 
 
-class Trailer(namedtuple("Trailer", "original_size body_size sha256")):
+class Trailer(namedtuple("Trailer", "original_size body_size sha256 version",
+                         defaults=(FORMAT_VERSION,))):
+    """sha256: of the body (version 2) or of the original bytes (version 1)."""
+
     __slots__ = ()
 
     @property
@@ -44,32 +54,36 @@ class Trailer(namedtuple("Trailer", "original_size body_size sha256")):
         return self.sha256.hex()
 
 
+Header = namedtuple("Header", "version codec cipher")
+
+
 def object_name(name: str, codec: str) -> str:
     return name + SUFFIX[codec]
 
 
-def pack_header(codec: str) -> bytes:
-    return _HEADER.pack(SKIPPABLE_MAGIC, 8, b"WKEO", FORMAT_VERSION, CODECS[codec], CIPHER_NONE, 0)
+def pack_header(codec: str, cipher: int = CIPHER_NONE, version: int = FORMAT_VERSION) -> bytes:
+    return _HEADER.pack(SKIPPABLE_MAGIC, 8, b"WKEO", version, CODECS[codec], cipher, 0)
 
 
-def unpack_header(buf: bytes) -> str:
-    """Return the codec name, or raise CorruptObject."""
+def unpack_header(buf: bytes) -> Header:
+    """Raise CorruptObject unless `buf` starts with a header this walkeeper reads."""
     if len(buf) < HEADER_SIZE:
         raise CorruptObject("object shorter than its header")
     magic, length, tag, version, codec, cipher, reserved = _HEADER.unpack_from(buf)
     if magic != SKIPPABLE_MAGIC or length != 8 or tag != b"WKEO" or reserved:
         raise CorruptObject("not a walkeeper object (bad header)")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise CorruptObject(f"unsupported object format version {version}")
-    if cipher != CIPHER_NONE:
-        raise CorruptObject("object is encrypted and this walkeeper has no key")
+    if cipher not in (CIPHER_NONE, CIPHER_AES256GCM) or cipher and version < 2:
+        raise CorruptObject(f"object is encrypted with cipher {cipher}, which this walkeeper "
+                            f"does not know")
     if codec not in CODEC_NAMES:
         raise CorruptObject(f"unknown codec {codec}")
-    return CODEC_NAMES[codec]
+    return Header(version, CODEC_NAMES[codec], cipher)
 
 
 def pack_trailer(t: Trailer) -> bytes:
-    return _TRAILER.pack(SKIPPABLE_MAGIC, TRAILER_SIZE - 8, b"WKET", FORMAT_VERSION, bytes(3),
+    return _TRAILER.pack(SKIPPABLE_MAGIC, TRAILER_SIZE - 8, b"WKET", t.version, bytes(3),
                          t.original_size, t.body_size, t.sha256)
 
 
@@ -79,9 +93,9 @@ def unpack_trailer(buf: bytes) -> Trailer:
     magic, length, tag, version, reserved, size, body, digest = _TRAILER.unpack(buf)
     if magic != SKIPPABLE_MAGIC or length != TRAILER_SIZE - 8 or tag != b"WKET" or any(reserved):
         raise CorruptObject("object is truncated or damaged (bad trailer)")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise CorruptObject(f"unsupported object format version {version}")
-    return Trailer(size, body, digest)
+    return Trailer(size, body, digest, version)
 
 
 def _compressor(codec: str, level: int, size_hint: int | None, threads: int = 2):
@@ -93,40 +107,65 @@ def _compressor(codec: str, level: int, size_hint: int | None, threads: int = 2)
     # 2-core machine this nearly halves the wall time of a 16 MiB segment; a
     # stream of unknown size (a backup) is large by nature. Callers that already
     # encode several objects in parallel (read-ahead push) pass threads=0: each
-    # zstd worker thread costs ~20 MiB.
+    # zstd worker thread costs ~20 MiB. write_checksum: the frame carries XXH64 of
+    # the content, which every zstd decoder (and `zstd -t`) checks.
     big = size_hint is None or size_hint > 4 * CHUNK
-    cctx = zstandard.ZstdCompressor(level=level, threads=threads if big else 0)
+    cctx = zstandard.ZstdCompressor(level=level, threads=threads if big else 0,
+                                    write_checksum=True)
     return cctx.compressobj(size=size_hint if size_hint is not None else -1)
 
 
 class Encoder:
+    """Encode a stream of original bytes into one stored object.
+
+    key: an ArchiveKey (crypto.py) to encrypt with, or None for a plain object.
+    """
+
     def __init__(self, codec: str, level: int = 3, size_hint: int | None = None,
-                 threads: int = 2):
+                 threads: int = 2, key=None):
         self.codec = codec
         self.level = level
         self.size_hint = size_hint
         self.threads = threads
+        self.key = key
         self.trailer: Trailer | None = None
 
     def run(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         digest = hashlib.sha256()
         size = body = 0
         comp = _compressor(self.codec, self.level, self.size_hint, self.threads)
-        yield pack_header(self.codec)
+        header = pack_header(self.codec, CIPHER_AES256GCM if self.key else CIPHER_NONE)
+        yield header
+        sealer = self.key.sealer(header) if self.key else None
+        if sealer:
+            out = sealer.preamble
+            digest.update(out)
+            body += len(out)
+            yield out
         for chunk in chunks:
-            digest.update(chunk)
             size += len(chunk)
             out = comp.compress(chunk) if comp else chunk
+            if sealer and out:
+                out = sealer.update(out)
             if out:
+                digest.update(out)
                 body += len(out)
                 yield out
-        if comp:
-            out = comp.flush()
+        tail = [comp.flush()] if comp else []
+        if sealer:
+            tail = [sealer.update(tail[0]) if tail else b"", sealer.finish()]
+        for out in tail:
             if out:
+                digest.update(out)
                 body += len(out)
                 yield out
         self.trailer = Trailer(size, body, digest.digest())
         yield pack_trailer(self.trailer)
+
+
+def encode_bytes(data: bytes, codec: str = "zstd", key=None) -> bytes:
+    """A small object (metadata) in one piece."""
+    return b"".join(Encoder(codec, 3, len(data), 0, key).run([data] if data else []))
 
 
 def read_chunks(f, size: int = CHUNK) -> Iterator[bytes]:
@@ -139,10 +178,12 @@ def read_chunks(f, size: int = CHUNK) -> Iterator[bytes]:
 
 class _Body:
     """The body of a stored object as a file-like reader, holding back the last
-    TRAILER_SIZE bytes (the trailer) since the object's length is not known."""
+    TRAILER_SIZE bytes (the trailer) since the object's length is not known.
+    `sink` sees every body byte once, in order (the body checksum)."""
 
-    def __init__(self, read: Callable[[int], bytes]):
+    def __init__(self, read: Callable[[int], bytes], sink: Callable[[bytes], object] | None):
         self._read = read
+        self.sink = sink
         self.tail = b""
         self.size = 0
 
@@ -158,6 +199,8 @@ class _Body:
                 continue
             data, self.tail = buf[:-TRAILER_SIZE], buf[-TRAILER_SIZE:]
             self.size += len(data)
+            if self.sink is not None:
+                self.sink(data)
             return data
 
 
@@ -165,24 +208,55 @@ class ObjectReader:
     """A stored object read as its original bytes (a file-like `read`).
 
     Bytes are returned before the whole object is verified; the checks (codec
-    stream, sizes, checksum) run when the end is reached, and a mismatch raises
-    CorruptObject from that last read. So a caller must keep what it read
-    somewhere temporary until read() has returned b"".
+    stream, sizes, checksum, and for an encrypted object every chunk's
+    authentication tag and the stream's end) run as the end is reached, and a
+    mismatch raises CorruptObject from that last read. So a caller must keep what it
+    read somewhere temporary until read() has returned b"".
+
+    keyring: the archive's crypto.Keyring, or None. An encrypted object without a
+    keyring, or with a key it was not encrypted with, raises ConfigError (exit 3);
+    with a keyring, a plain object is refused as CorruptObject (an encrypted archive
+    holds nothing unencrypted, so a plain object there was not written by us).
     """
 
-    def __init__(self, read: Callable[[int], bytes]):
-        codec = unpack_header(_read_exact(read, HEADER_SIZE))
-        self._body = _Body(read)
+    def __init__(self, read: Callable[[int], bytes], keyring=None):
+        head = unpack_header(_read_exact(read, HEADER_SIZE))
+        self.version = head.version
         self._digest = hashlib.sha256()
         self._size = 0
         self.trailer: Trailer | None = None
-        if codec == "zstd":
+        self._body = _Body(read, self._digest.update if head.version >= 2 else None)
+        source = self._body
+        if head.cipher:
+            if keyring is None:
+                if not self._body.read(4).startswith(b"WKEC"):
+                    raise CorruptObject("header says encrypted but the body is not: damaged "
+                                        "header")
+                raise ConfigError("this object is encrypted and no [encryption] key is "
+                                  "configured; add the archive's passphrase_env or key_file")
+            from walkeeper.crypto import KeyMismatch
+
+            try:
+                source = keyring.opener(source, pack_header(head.codec, head.cipher, head.version))
+            except KeyMismatch:
+                self._check_body()  # a damaged preamble is corruption, not a wrong key
+                raise
+        elif keyring is not None:
+            raise CorruptObject("object is not encrypted, but this archive is: refusing it "
+                                "(walkeeper never mixes plain and encrypted objects)")
+        if head.codec == "zstd":
             import zstandard
 
             self._source = zstandard.ZstdDecompressor().stream_reader(
-                self._body, read_size=CHUNK, read_across_frames=False)
+                source, read_size=CHUNK, read_across_frames=False)
         else:
-            self._source = self._body
+            self._source = source
+
+    def _take(self, data: bytes) -> None:
+        """Account for decoded bytes (the version 1 checksum covers them)."""
+        self._size += len(data)
+        if self.version == 1:
+            self._digest.update(data)
 
     def read(self, n: int = CHUNK) -> bytes:
         if self.trailer is not None:
@@ -190,36 +264,52 @@ class ObjectReader:
         n = CHUNK if n is None or n < 0 else min(n, CHUNK)
         try:
             data = self._source.read(n)
+        except CorruptObject:
+            raise
         except Exception as exc:  # zstandard.ZstdError
             raise CorruptObject(f"compressed stream is damaged: {exc}") from None
         if data:
-            self._digest.update(data)
-            self._size += len(data)
+            self._take(data)
             return data
         self._finish()
         return b""
 
-    def _finish(self) -> None:
+    def _check_body(self) -> Trailer:
+        """Read the rest of the body; check the trailer, the body size and (version 2)
+        the body checksum."""
         body = self._body
-        while body.read(CHUNK):     # anything after the zstd frame is counted, then refused
+        while body.read(CHUNK):     # anything after the codec's stream is counted, then refused
             pass
         trailer = unpack_trailer(body.tail)
+        if trailer.version != self.version:
+            raise CorruptObject(f"header says format version {self.version}, trailer "
+                                f"{trailer.version}")
         if body.size != trailer.body_size:
             raise CorruptObject(f"body is {body.size} bytes, trailer says {trailer.body_size}")
+        if self.version >= 2 and self._digest.digest() != trailer.sha256:
+            raise CorruptObject(f"checksum mismatch: body {self._digest.hexdigest()}, "
+                                f"recorded {trailer.checksum}")
+        return trailer
+
+    def _finish(self) -> None:
+        trailer = self._check_body()
+        if self.version == 1 and self._digest.digest() != trailer.sha256:
+            raise CorruptObject(f"checksum mismatch: content {self._digest.hexdigest()}, "
+                                f"recorded {trailer.checksum}")
         if self._size != trailer.original_size:
             raise CorruptObject(f"content is {self._size} bytes, trailer says "
                                 f"{trailer.original_size}")
-        if self._digest.digest() != trailer.sha256:
-            raise CorruptObject(f"checksum mismatch: content {self._digest.hexdigest()}, "
-                                f"recorded {trailer.checksum}")
         self.trailer = trailer
+
+    def close(self) -> None:
+        pass
 
 
 class ThreadedObjectReader(ObjectReader):
-    """ObjectReader with the decompression and the checksum each in a thread of its
-    own, ahead of the caller by at most AHEAD chunks: restore extracts a backup
-    while the next megabytes are decoded and the previous ones hashed (zstd,
-    hashlib and os.write release the GIL, so this runs on several cores).
+    """ObjectReader with the decoding and the checksum each in a thread of its own,
+    ahead of the caller by at most AHEAD chunks: restore extracts a backup while the
+    next megabytes are decoded and the previous ones hashed (zstd, hashlib, the
+    cipher and os.write release the GIL, so this runs on several cores).
 
     Same contract as ObjectReader: read() returns decoded bytes before they are
     verified, and the checks run, or CorruptObject is raised, when read() reaches
@@ -228,16 +318,19 @@ class ThreadedObjectReader(ObjectReader):
 
     AHEAD = 8
 
-    def __init__(self, read: Callable[[int], bytes]):
+    def __init__(self, read: Callable[[int], bytes], keyring=None):
         import queue
         import threading
 
-        super().__init__(read)
-        self._out: queue.Queue = queue.Queue(self.AHEAD)
         self._hash: queue.Queue = queue.Queue(self.AHEAD)
         self._stop = threading.Event()
+        super().__init__(read, keyring)
+        self._out: queue.Queue = queue.Queue(self.AHEAD)
         self._done = False
         self._pending = b""
+        # From here on the body checksum runs in its own thread.
+        if self.version >= 2:
+            self._body.sink = lambda data: self._put(self._hash, data)
         self._threads = [threading.Thread(target=self._decode, daemon=True),
                          threading.Thread(target=self._digest_all, daemon=True)]
         for t in self._threads:
@@ -265,7 +358,10 @@ class ThreadedObjectReader(ObjectReader):
                     raise CorruptObject(f"compressed stream is damaged: {exc}") from None
                 if not data:
                     break
-                if not (self._put(self._hash, data) and self._put(self._out, data)):
+                self._size += len(data)
+                if self.version == 1 and not self._put(self._hash, data):
+                    return
+                if not self._put(self._out, data):
                     return
             self._put(self._hash, None)
             self._put(self._out, None)
@@ -284,7 +380,6 @@ class ThreadedObjectReader(ObjectReader):
             if data is None:
                 return
             self._digest.update(data)
-            self._size += len(data)
 
     def read(self, n: int = CHUNK) -> bytes:
         n = CHUNK if n is None or n < 0 else n
@@ -303,19 +398,21 @@ class ThreadedObjectReader(ObjectReader):
             self.close()
             raise item
         self._threads[1].join()     # every chunk hashed
+        self._body.sink = self._digest.update if self.version >= 2 else None
         self._finish()              # the rest of the body, sizes, checksum
         return b""
 
     def close(self) -> None:
         self._stop.set()
-        for t in self._threads:
+        for t in getattr(self, "_threads", ()):
             t.join()
 
 
-def decode(read: Callable[[int], bytes], write: Callable[[bytes], object] | None) -> Trailer:
+def decode(read: Callable[[int], bytes], write: Callable[[bytes], object] | None,
+           keyring=None) -> Trailer:
     """Read a stored object through `read`, verify it, pass original bytes to `write`
     in pieces of at most CHUNK bytes (see ObjectReader about when to trust them)."""
-    r = ObjectReader(read)
+    r = ObjectReader(read, keyring)
     while True:
         data = r.read(CHUNK)
         if not data:

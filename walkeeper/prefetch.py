@@ -2,12 +2,13 @@
 
 When recovery fetches segment N, a detached prefetcher (a forked child, one at a time
 per cluster, held by a lock file) fetches N+1 .. N+K of the same timeline in parallel
-into <state_dir>/spool/<cluster>/. Each one is decoded and checked against its stored
-sha256 while written under a temporary name (`.NAME.tmp-*`), then renamed to
-`NAME.<sha256>.<crc32>`. A later fetch serves the entry for its exact name only, after
+into <state_dir>/spool/<cluster>/. Each one is decoded and verified (objects.py: the
+stored checksum, sizes, zstd's content checksum, and for an encrypted archive every
+chunk's tag) while written under a temporary name (`.NAME.tmp-*`), then renamed to
+`NAME.<checksum>.<crc32>`. A later fetch serves the entry for its exact name only, after
 checking its page header against the name and its content against the CRC-32 in its
-name (a damaged or truncated spool file is caught at a third of the cost of sha256
-on the hot path: the sha256 was verified before the entry got its name), by renaming
+name (a damaged or truncated spool file is caught cheaply on the hot path: the object
+was verified before the entry got its name), by renaming
 it to DEST_PATH (copying when the spool is on another filesystem). Nothing is ever
 written inside pg_wal except DEST_PATH.
 
@@ -257,7 +258,7 @@ class Prefetcher:
         def stores() -> list:
             s = getattr(local, "stores", None)
             if s is None:
-                s = local.stores = [open_store(c) for c in self.config.stores]
+                s = local.stores = [open_store(c, self.config.keyring) for c in self.config.stores]
                 with lock:
                     opened.append(s)
             return s
@@ -351,8 +352,8 @@ class Prefetcher:
                     crc = zlib.crc32(data, crc)
                     f.write(data)
 
-                # decode raises CorruptObject unless the content matches its sha256
-                trailer = decode(reader.read, write)
+                # decode raises CorruptObject unless the object verifies
+                trailer = decode(reader.read, write, store.keyring)
             os.rename(path, os.path.join(self.dir, f"{name}.{trailer.checksum}.{crc:08x}"))
             return True
         except BaseException:

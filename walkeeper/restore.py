@@ -150,7 +150,7 @@ def restore_backup(config: Config, backup, pgdata: str) -> str:
                 raw = store.open(f.key)
                 reader = None
                 try:
-                    reader = ThreadedObjectReader(raw.read)
+                    reader = ThreadedObjectReader(raw.read, store.keyring)
                     target = pgdata if f.name == "base.tar" else os.path.join(
                         pgdata, "pg_tblspc", f.name.removesuffix(".tar"))
                     os.makedirs(target, mode=0o700, exist_ok=True)

@@ -72,7 +72,7 @@ def _stores(config: Config) -> tuple[list[dict], list]:
                "free_bytes": None}
         store = None
         try:
-            store = open_store(cfg)
+            store = open_store(cfg, config.keyring)
             model = read_archive(store, config.cluster)
             dumps = read_dumps(store, config.cluster)
             row["free_bytes"] = store.free_bytes()

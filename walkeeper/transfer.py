@@ -23,9 +23,10 @@ class FanOut:
 
 
 def put_stream(stores: list, key: str, chunks: Iterable[bytes], codec: str, level: int,
-               size_hint: int | None = None, threads: int = 2) -> FanOut:
+               size_hint: int | None = None, threads: int = 2, seal=None) -> FanOut:
     """Encode `chunks` once into every store under `key`, never replacing an object.
 
+    seal: the archive's crypto.ArchiveKey (crypto.writer_key) to encrypt with, or None.
     A store that fails is dropped from the fan-out and reported in .errors; the
     others carry on. An exception from `chunks` aborts every upload and propagates.
     """
@@ -38,7 +39,7 @@ def put_stream(stores: list, key: str, chunks: Iterable[bytes], codec: str, leve
             out.errors[s.name] = exc
     if not uploads:
         return out
-    enc = Encoder(codec, level, size_hint, threads)
+    enc = Encoder(codec, level, size_hint, threads, seal)
     try:
         for chunk in enc.run(chunks):
             for s, up in list(uploads.items()):
@@ -76,7 +77,7 @@ def fetch_to_file(store, key: str, dest: str) -> Trailer:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
-            trailer = decode(reader.read, f.write)
+            trailer = decode(reader.read, f.write, store.keyring)
         os.replace(tmp, dest)
         return trailer
     except BaseException:

@@ -80,10 +80,10 @@ def verify_chain(config: Config, only: str | None = None, quick: bool = False,
         raise UsageError(f"--store {only}: no such store; configured: "
                          + ", ".join(s.name for s in config.stores))
     report = Report(stores=[c.name for c in cfgs], quick=quick)
-    stores = [open_store(c) for c in cfgs]
+    stores = [open_store(c, config.keyring) for c in cfgs]
     try:
         scans = _scan(config, stores, report)
-        pool = _StorePool(cfgs, stores)
+        pool = _StorePool(cfgs, stores, config.keyring)
         try:
             bad = _check_objects(scans, pool, quick, progress, report)
         finally:
@@ -209,8 +209,9 @@ class _StorePool:
     """One store object per worker thread: an SFTP connection serves one reader
     at a time. Local stores are shared (they hold no connection)."""
 
-    def __init__(self, cfgs: list, stores: list):
+    def __init__(self, cfgs: list, stores: list, keyring=None):
         self.cfgs = cfgs
+        self.keyring = keyring
         self.stores = stores
         self.local = threading.local()
         self.opened: list = []
@@ -223,7 +224,7 @@ class _StorePool:
         if mine is None:
             mine = self.local.stores = {}
         if index not in mine:
-            mine[index] = open_store(self.cfgs[index])
+            mine[index] = open_store(self.cfgs[index], self.keyring)
             with self.lock:
                 self.opened.append(mine[index])
         return mine[index]
@@ -333,7 +334,7 @@ def _compare_recorded(it: _Item, trailer) -> None:
 def _check_deep(store, it: _Item, sysid, progress: _Progress) -> None:
     raw = store.open(it.key)
     try:
-        reader = ObjectReader(_Counted(raw.read, progress).read)
+        reader = ObjectReader(_Counted(raw.read, progress).read, store.keyring)
         head = b""
         size = 0
         while True:

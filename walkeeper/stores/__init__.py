@@ -9,15 +9,21 @@ from __future__ import annotations
 from walkeeper.config import Config, StoreConfig
 
 
-def open_store(cfg: StoreConfig):
+def open_store(cfg: StoreConfig, keyring=None):
+    """keyring: the archive's crypto.Keyring (config.keyring), which readers of the
+    store's objects use; None for a plain archive."""
     if cfg.type == "local":
         from walkeeper.stores.local import LocalStore
 
-        return LocalStore(cfg.name, cfg.path)
-    from walkeeper.stores.sftp import SftpStore
+        store = LocalStore(cfg.name, cfg.path)
+    else:
+        from walkeeper.stores.sftp import SftpStore
 
-    return SftpStore(cfg)
+        store = SftpStore(cfg)
+    store.keyring = keyring
+    return store
 
 
 def open_stores(config: Config, only: str | None = None) -> list:
-    return [open_store(s) for s in config.stores if only is None or s.name == only]
+    return [open_store(s, config.keyring) for s in config.stores
+            if only is None or s.name == only]
