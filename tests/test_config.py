@@ -431,3 +431,40 @@ def test_reference_names_every_setting():
         assert f"`{s.key.split('.', 1)[1]}`" in ref
     for var in ("BACKUP_DIR", "BACKUP_SFTP_ENABLED", "BACKUP_SFTP_PASSWORD", "WALKEEPER_CONFIG"):
         assert var in ref
+
+
+def test_parsed_config_is_cached_until_the_file_changes(write, tmp_path):
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    path = write('cluster = "one"\n' + MINIMAL_TOML)
+    assert config.load(path, env=env).cluster == "one"
+    (cached,) = (tmp_path / "cache" / "walkeeper").iterdir()
+    assert cached.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "cache" / "walkeeper").stat().st_mode & 0o777 == 0o700
+    assert config.load(path, env=env).cluster == "one"          # from the cache
+    # An edit (even of the same size, within the same second) is seen at once.
+    path.write_text('cluster = "two"\n' + MINIMAL_TOML)
+    assert config.load(path, env=env).cluster == "two"
+    # A damaged cache is ignored and replaced.
+    cached.write_bytes(b"\x00garbage")
+    assert config.load(path, env=env).cluster == "two"
+    # and so is one that belongs to another file
+    other = write('cluster = "three"\n' + MINIMAL_TOML, "other.toml")
+    import shutil
+    shutil.copy(cached, tmp_path / "cache" / "walkeeper" / "stale")
+    assert config.load(other, env=env).cluster == "three"
+    # An unwritable cache directory only costs the parse.
+    (tmp_path / "cache" / "walkeeper").chmod(0o500)
+    try:
+        path.write_text('cluster = "four"\n' + MINIMAL_TOML)
+        assert config.load(path, env=env).cluster == "four"
+    finally:
+        (tmp_path / "cache" / "walkeeper").chmod(0o700)
+
+
+def test_invalid_toml_is_refused_even_after_a_cached_parse(write, tmp_path):
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    path = write(MINIMAL_TOML)
+    config.load(path, env=env)
+    path.write_text('cluster = "x\n')
+    exc = load_error(path, env=env)
+    assert "not valid TOML" in str(exc)
