@@ -108,25 +108,32 @@ class Sealer:
                                        salt, SEAL_CHUNK)
         self._aead = _aesgcm()(_object_key(key.master, salt))
         self._aad = header + self.preamble
-        self._buf = bytearray()
+        self._buf = b""
         self._index = 0
 
-    def _seal(self, chunk: bytes, final: bool) -> bytes:
+    def _seal(self, chunk, final: bool) -> bytes:
         out = self._aead.encrypt(_nonce(self._index, final), chunk, self._aad)
         self._index += 1
         return out
 
-    def update(self, data: bytes) -> bytes:
-        self._buf += data
+    def update(self, data: bytes) -> list[bytes]:
+        """Sealed chunks for the data so far; the last (partial or full) chunk waits
+        for more data or finish(). Slices are views: push seals a ~5 MB zstd flush
+        per segment, and copying it chunk by chunk cost more than the cipher."""
+        if self._buf:
+            data = self._buf + data
+        view = memoryview(data)
         out = []
-        while len(self._buf) > SEAL_CHUNK:   # the last chunk waits for finish()
-            out.append(self._seal(bytes(self._buf[:SEAL_CHUNK]), False))
-            del self._buf[:SEAL_CHUNK]
-        return b"".join(out)
+        pos = 0
+        while len(data) - pos > SEAL_CHUNK:
+            out.append(self._seal(view[pos:pos + SEAL_CHUNK], False))
+            pos += SEAL_CHUNK
+        self._buf = bytes(view[pos:]) if pos else data
+        return out
 
     def finish(self) -> bytes:
-        out = self._seal(bytes(self._buf), True)
-        self._buf = bytearray()
+        out = self._seal(self._buf, True)
+        self._buf = b""
         return out
 
 

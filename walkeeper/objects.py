@@ -145,15 +145,14 @@ class Encoder:
         for chunk in chunks:
             size += len(chunk)
             out = comp.compress(chunk) if comp else chunk
-            if sealer and out:
-                out = sealer.update(out)
-            if out:
-                digest.update(out)
-                body += len(out)
-                yield out
+            for piece in (sealer.update(out) if sealer and out else (out,)):
+                if piece:
+                    digest.update(piece)
+                    body += len(piece)
+                    yield piece
         tail = [comp.flush()] if comp else []
         if sealer:
-            tail = [sealer.update(tail[0]) if tail else b"", sealer.finish()]
+            tail = (sealer.update(tail[0]) if tail else []) + [sealer.finish()]
         for out in tail:
             if out:
                 digest.update(out)
