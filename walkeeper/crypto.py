@@ -108,7 +108,7 @@ class Sealer:
                                        salt, SEAL_CHUNK)
         self._aead = _aesgcm()(_object_key(key.master, salt))
         self._aad = header + self.preamble
-        self._buf = b""
+        self._buf = bytearray()
         self._index = 0
 
     def _seal(self, chunk, final: bool) -> bytes:
@@ -120,20 +120,23 @@ class Sealer:
         """Sealed chunks for the data so far; the last (partial or full) chunk waits
         for more data or finish(). Slices are views: push seals a ~5 MB zstd flush
         per segment, and copying it chunk by chunk cost more than the cipher."""
-        if self._buf:
-            data = self._buf + data
+        out: list[bytes] = []
+        if self._buf or len(data) <= SEAL_CHUNK:
+            self._buf += data               # small pieces accumulate in place
+            if len(self._buf) <= SEAL_CHUNK:
+                return out
+            data, self._buf = bytes(self._buf), bytearray()
         view = memoryview(data)
-        out = []
         pos = 0
         while len(data) - pos > SEAL_CHUNK:
             out.append(self._seal(view[pos:pos + SEAL_CHUNK], False))
             pos += SEAL_CHUNK
-        self._buf = bytes(view[pos:]) if pos else data
+        self._buf = bytearray(view[pos:])
         return out
 
     def finish(self) -> bytes:
-        out = self._seal(self._buf, True)
-        self._buf = b""
+        out = self._seal(bytes(self._buf), True)
+        self._buf = bytearray()
         return out
 
 
