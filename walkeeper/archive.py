@@ -4,9 +4,10 @@ push stores one WAL file durably in every configured store, read once and fanned
 out; fetch brings one back from the first store holding a good copy. Exit-code
 semantics live in the errors raised here (see errors.py and CONTRACT.md).
 
-push of a segment inside pg_wal also stores the other segments marked `.ready`, with
-push.parallel workers, and records each completion (readahead.py), so PostgreSQL's
-later calls for them return at once. fetch of a segment serves it from the prefetch
+push of a segment inside pg_wal starts a detached background pusher that stores the
+other segments marked `.ready` with push.parallel workers and records each completion
+(readahead.py), so PostgreSQL's later calls for them return at once, or wait for the
+segment the pusher is storing. fetch of a segment serves it from the prefetch
 spool when a detached prefetcher already brought it (prefetch.py), and starts that
 prefetcher for the segments after it.
 """
@@ -20,7 +21,7 @@ from walkeeper import log
 from walkeeper.config import Config
 from walkeeper.errors import (ArchiveUnreadable, ConflictError, CorruptObject, NotInArchive,
                               ObjectExists, ObjectNotFound, OperationFailed, StoreError,
-                              UsageError, WalkeeperError)
+                              UsageError)
 # The fast paths (a push that read-ahead already did, a fetch served from the prefetch
 # spool) must start and exit within ~2x `python -c pass`: the modules that only the
 # store paths need (layout, objects, transfer, stores, state, json) are imported in
@@ -93,6 +94,45 @@ def _conflict(name: str, store, existing: Existing, size: int, digest: bytes) ->
     return (f"{name}: store {store.name!r} already holds different content (stored sha256 "
             f"{shown}, {t.original_size} bytes; new sha256 {digest.hex()}, {size} bytes); "
             f"not overwritten: a second cluster or a split brain may be writing to this archive")
+
+
+def _same_bytes(store, key: str, f) -> bool | None:
+    """Whether the stored object decodes to exactly the bytes of file f (None: the
+    stored copy is damaged). A byte comparison as the object decodes: cheaper than
+    hashing both sides, which matters because PostgreSQL re-archives after a crash and
+    that push should stay quick (issue 2's start-up bar)."""
+    from walkeeper.objects import CHUNK, ObjectReader
+
+    f.seek(0)
+    raw = store.open(key)
+    try:
+        reader = ObjectReader(raw.read, store.keyring)
+        while True:
+            data = reader.read(CHUNK)
+            if not data:
+                return f.read(1) == b""
+            if f.read(len(data)) != data:
+                return False
+    except CorruptObject:
+        return None
+    finally:
+        raw.close()
+
+
+def _compare_existing(name: str, store, existing: Existing, f, size: int) -> str | None:
+    """None when the stored copy holds the content of f; else the conflict message."""
+    from walkeeper.objects import sha256_file
+
+    t = existing.trailer
+    if t is not None and t.version >= 2 and t.original_size == size:
+        same = _same_bytes(store, existing.key, f)
+        if same:
+            return None
+        if same is None:
+            existing = Existing(existing.key, None)
+    f.seek(0)
+    size, digest = sha256_file(f)
+    return _conflict(name, store, existing, size, digest)
 
 
 def _check_identity(store, cluster: str, sysid: int, seg_size: int) -> None:
@@ -177,87 +217,79 @@ def push(config: Config, wal_path: str, wal_name: str) -> list[str]:
     if readahead.consume(records, wal_path, wal.name):
         log.debug(f"{wal.name} was stored by read-ahead; nothing to do")
         return []
-    parallel = config["push.parallel"]
-    extras = (readahead.candidates(wal_path, wal.name, records, readahead.MAX_AHEAD * parallel)
-              if parallel > 1 else [])
-    if not extras:
+    if config["push.parallel"] <= 1:
         return _push_alone(config, wal_path, wal)
-    return _push_with_readahead(config, wal_path, wal, extras, records)
+    pg_wal = os.path.dirname(os.path.abspath(wal_path))
+    ready = readahead.ready_segments(pg_wal)
+    if ready is None:                   # not pg_wal: no read-ahead
+        return _push_alone(config, wal_path, wal)
+    return _push_with_readahead(config, wal_path, wal, records, pg_wal, bool(ready - {wal.name}))
 
 
-def _push_alone(config: Config, wal_path: str, wal: WalName) -> list[str]:
+def _push_alone(config: Config, wal_path: str, wal: WalName,
+                zstd_threads: int = 2) -> list[str]:
+    return _push_file(config, wal_path, wal, zstd_threads)[0]
+
+
+def _push_file(config: Config, wal_path: str, wal: WalName, zstd_threads: int = 2):
+    """_push_path with this process's own store connections; records the success."""
     from walkeeper import state
     from walkeeper.stores import open_stores
 
     stores = open_stores(config)
     try:
-        written, _, _ = _push_path(config, wal_path, wal, stores)
+        out = _push_path(config, wal_path, wal, stores, zstd_threads,
+                         seal_of=lambda st: _writer_key(config, st))
     finally:
         for s in stores:
             s.close()
     state.record_success(config.state_dir, "push", wal=wal.name, stores=[s.name for s in stores])
-    return written
+    return out
 
 
-def _push_with_readahead(config: Config, wal_path: str, wal: WalName, extras: list[str],
-                         records: str) -> list[str]:
-    """Push N and the ready segments after it with push.parallel workers.
+def _push_with_readahead(config: Config, wal_path: str, wal: WalName, records: str,
+                         pg_wal: str, others_ready: bool) -> list[str]:
+    """Push N under its claim, with a background pusher storing the ready segments
+    after it (started when other segments are ready and none runs).
 
-    Only N's own result counts: a read-ahead failure is a warning, and PostgreSQL
-    asks for that segment later anyway.
+    The pusher may be storing N right now: wait for its claim, then take its record.
     """
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
+    from walkeeper import readahead
 
-    from walkeeper import readahead, state
-    from walkeeper.stores import open_stores
-
-    pg_wal = os.path.dirname(os.path.abspath(wal_path))
-    local = threading.local()
-    opened: list[list] = []
-    lock = threading.Lock()
-
-    def stores_of_this_thread() -> list:
-        # A store connection (SFTP) is not shared between threads.
-        stores = getattr(local, "stores", None)
-        if stores is None:
-            stores = local.stores = open_stores(config)
-            with lock:
-                opened.append(stores)
-        return stores
-
-    def ahead(name: str) -> str | None:
+    try:
+        fd = readahead.claim(records, wal.name)
+    except OSError as exc:
+        log.warn(f"read-ahead disabled: cannot use {records} ({exc.strerror})")
+        return _push_alone(config, wal_path, wal)
+    # kick forks: before this process starts any thread (zstd's included)
+    running = (readahead.kick(config, pg_wal, records) if others_ready
+               else readahead.running(records))
+    if fd is None:
+        log.debug(f"the background pusher is storing {wal.name}; waiting for it")
         try:
-            seg = parse_wal_name(name)
-            path = os.path.join(pg_wal, name)
-            _, digest, st = _push_path(config, path, seg, stores_of_this_thread(), 0)
-            if st is not None:
-                readahead.write_record(records, name, st, digest.hex())
-            return name
-        except (WalkeeperError, StoreError, OSError, ValueError) as exc:
-            if os.path.exists(os.path.join(pg_wal, name)):
-                log.warn(f"read-ahead of {name} failed ({exc}); PostgreSQL will retry it")
-            return None
-
-    with ThreadPoolExecutor(max_workers=config["push.parallel"]) as pool:
-        # One zstd thread per worker: the workers are the parallelism.
-        own = pool.submit(lambda: _push_path(config, wal_path, wal, stores_of_this_thread(), 0))
-        done = [pool.submit(ahead, name) for name in extras]
-        try:
-            written = own.result()[0]
-        finally:
-            stored = [f.result() for f in done]
-            for stores in opened:
-                for s in stores:
-                    s.close()
-    if any(stored):
-        try:
-            readahead.sync_dir(records)
-        except OSError as exc:
-            log.warn(f"cannot sync {records}: {exc.strerror}")
-    last = max([wal.name] + [n for n in stored if n])
-    state.record_success(config.state_dir, "push", wal=last, stores=[s.name for s in config.stores])
-    return written
+            fd = readahead.claim(records, wal.name, wait=readahead.CLAIM_WAIT)
+        except OSError:
+            fd = None
+        if fd is None:
+            log.warn(f"the background pusher still holds {wal.name} after "
+                     f"{readahead.CLAIM_WAIT:.0f} s; pushing it alongside")
+    try:
+        if readahead.consume(records, wal_path, wal.name):
+            log.debug(f"{wal.name} was stored by read-ahead; nothing to do")
+            return []
+        # With the pusher compressing on every core, zstd's own threads only contend.
+        written, digest, st = _push_file(config, wal_path, wal, 0 if running else 2)
+        if running and st is not None:
+            # The pusher skips a recorded segment: it must not store N again in the
+            # moment between this exit and PostgreSQL marking N .done.
+            try:
+                readahead.write_record(records, wal.name, st, digest.hex())
+            except OSError:
+                pass
+        return written
+    finally:
+        if fd is not None:
+            readahead.release(records, wal.name, fd)
 
 
 def _writer_key(config: Config, stores: list):
@@ -303,7 +335,6 @@ def _push(config: Config, f, wal: WalName, size: int, header, stores: list,
     import time
 
     from walkeeper.layout import wal_keys
-    from walkeeper.objects import sha256_file
 
     keys = wal_keys(config.cluster, wal, config["compression.algorithm"])
     errors: dict[str, StoreError] = {}
@@ -319,13 +350,13 @@ def _push(config: Config, f, wal: WalName, size: int, header, stores: list,
             present[s] = existing
     if present:
         # Rare path (PostgreSQL re-archiving after a crash): compare before writing.
-        f.seek(0)
-        digest_size, digest = sha256_file(f)
-        conflicts = [m for s, e in present.items() if (m := _conflict(wal.name, s, e, digest_size, digest))]
+        conflicts = [m for s, e in present.items()
+                     if (m := _compare_existing(wal.name, s, e, f, size))]
         if conflicts:
             raise ConflictError(conflicts[0])
         for s in present:
             log.debug(f"{wal.name} is already in {s.name} with the same content")
+        digest = next(iter(present.values())).trailer.sha256
     todo = [s for s in stores if s not in present and s.name not in errors]
     written = []
     attempt = 0
