@@ -7,18 +7,27 @@
 #
 #   bench/run.sh --backup-restore [backup_restore.py options]
 #
+# the live run of issue 6 (pgbench against a cluster archiving with cp, then walkeeper):
+#
+#   bench/run.sh --live [live.py options]
+#
+# and peak memory of push and fetch with 16 MiB and 1 GiB WAL segments:
+#
+#   bench/run.sh --memory [memory.py options]
+#
 # As root it runs everything as the unprivileged user $WKBENCH_USER (default
 # wkbench, created with `useradd -m` if missing), because PostgreSQL refuses root,
-# and copies the JSON into bench/out/. As any other user it runs push_fetch.py directly.
+# and copies the JSON into bench/out/. As any other user it runs the script directly.
 # The WAL set is made on first use (bench/make_wal.py, ~10 min) and reused after;
 # so is the pgbench cluster of --backup-restore (~5 min).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 script=push_fetch.py
-if [ "${1:-}" = --backup-restore ]; then
-    script=backup_restore.py
-    shift
-fi
+case "${1:-}" in
+    --backup-restore) script=backup_restore.py; shift ;;
+    --live) script=live.py; shift ;;
+    --memory) script=memory.py; shift ;;
+esac
 user=${WKBENCH_USER:-wkbench}
 wal_dir=${WKBENCH_WAL_DIR:-/tmp/walkeeper-bench/wal}
 py=${WKBENCH_PY:-/usr/bin/python3}
