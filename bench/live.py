@@ -26,10 +26,17 @@ Variants (each walkeeper variant with a fresh local store and state_dir):
 
 Rounds rotate the order of the variants (round r starts with variant r mod 3). The
 table shows every round; the bars use the median TPS of the rounds and the largest
-lag. Each variant records the load average before and after, the machine's CPU use
-during pgbench and how much of it was not this cluster's (other users' work on a
-shared 2-core machine), and the CPU time of archive_command (the archiver's waited-for
-children, from /proc).
+lag. Each variant also records how long every segment completed during the run
+waited to be archived (.ready seen to .ready gone, archive_status listed every
+20 ms), the load average before and after, the machine's CPU use during pgbench and
+how much of it was not this cluster's (other users' work on a shared 2-core machine),
+and the CPU time of archive_command (the archiver's waited-for children, from /proc,
+plus any detached walkeeper helper). Before each variant the machine must have been
+idle for --quiet-window seconds; a variant during which other work took more than
+--max-other-cpu of the CPU is discarded and run again (pgbench is stopped early once
+that is certain), up to --retries times; the last attempt is kept, flagged, and left
+out of the bars when the variant has quiet runs. `--report FILE.json` prints the
+table and bars of an earlier run.
 
 Must run as a non-root user (PostgreSQL refuses root); `bench/run.sh --live` handles
 that. Standard library only. The cluster and every store are deleted at the end
