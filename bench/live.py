@@ -720,7 +720,7 @@ def main(argv=None) -> int:
         c.create(a.scale)
         res["settings"] = dict(
             line.split("|", 1) for line in c.sql(
-                "select name, setting || coalesce(unit, '') from pg_settings where name in "
+                "select name, current_setting(name) from pg_settings where name in "
                 "('fsync', 'synchronous_commit', 'wal_level', 'max_wal_size', 'shared_buffers', "
                 "'wal_segment_size', 'checkpoint_timeout', 'full_page_writes', "
                 "'wal_compression', 'archive_timeout')").splitlines())
