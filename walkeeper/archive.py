@@ -15,7 +15,6 @@ prefetcher for the segments after it.
 from __future__ import annotations
 
 import os
-from collections import namedtuple
 
 from walkeeper import log
 from walkeeper.config import Config
@@ -26,6 +25,7 @@ from walkeeper.errors import (ArchiveUnreadable, ConflictError, CorruptObject, N
 # spool) must start and exit within ~2x `python -c pass`: the modules that only the
 # store paths need (layout, objects, transfer, stores, state, json) are imported in
 # the functions that use them.
+from walkeeper.record import record
 from walkeeper.wal import (LONG_PAGE_HEADER_SIZE, WalKind, WalName, check_segment_header,
                            parse_long_page_header, parse_wal_name)
 
@@ -40,7 +40,7 @@ def parse_name(name: str) -> WalName:
 
 
 # trailer None: the stored copy is damaged
-Existing = namedtuple("Existing", "key trailer")
+Existing = record("Existing", "key trailer")
 
 
 def _find(store, keys: list[str]) -> Existing | None:

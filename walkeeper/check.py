@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections import namedtuple
 
 from walkeeper.config import Config
 from walkeeper.errors import ConfigError, OperationFailed, StoreError
 from walkeeper.layout import wal_keys
+from walkeeper.record import record
 from walkeeper.stores import open_store
 from walkeeper.wal import parse_wal_name
 
@@ -24,7 +24,7 @@ SWITCH_TIMEOUT = 60.0
 POLL = 0.5
 
 # ok: True passed, False failed, None skipped (an earlier check failed)
-Check = namedtuple("Check", "name ok detail fix", defaults=(None,))
+Check = record("Check", "name ok detail fix", defaults=(None,))
 
 
 def run_checks(config: Config, timeout: float = SWITCH_TIMEOUT, report=None) -> list[Check]:

@@ -114,9 +114,16 @@ def _fast_path(argv: list[str]) -> int | None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     code = _fast_path(argv)
-    if code is None:
-        code = _click_main(argv)
-    sys.exit(code)
+    if code is not None:
+        # push and fetch leave nothing to tear down (files are closed, threads joined,
+        # stores closed): exit without the interpreter's ~2 ms of module teardown.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    sys.exit(_click_main(argv))
 
 
 def _click_main(argv: list[str]) -> int:

@@ -9,9 +9,9 @@ the Django-era `BACKUP_DIR=/backups walkeeper push %p %f` works.
 from __future__ import annotations
 
 import os
-from collections import namedtuple
 
 from walkeeper.errors import ConfigError
+from walkeeper.record import record
 
 DEFAULT_PATH = "/etc/walkeeper/walkeeper.toml"
 
@@ -19,7 +19,7 @@ DEFAULT_PATH = "/etc/walkeeper/walkeeper.toml"
 # Named tuples, not dataclasses: push reads the configuration once per WAL segment
 # and importing dataclasses costs it ~8 ms of start-up.
 #   key: dotted section.name (store.name for [[stores]] keys); kind: str or int
-Setting = namedtuple("Setting", "key kind default doc env choices minimum maximum",
+Setting = record("Setting", "key kind default doc env choices minimum maximum",
                      defaults=((), (), None, None))
 
 
@@ -90,7 +90,7 @@ def _valid_name(name: str) -> bool:
             and name[0] not in "_.-")
 
 
-StoreConfig = namedtuple(
+StoreConfig = record(
     "StoreConfig", "name type path host port user key_file key_passphrase_env password_env "
                    "directory known_hosts timeout retries",
     defaults=("", "", 22, "", "", "", "", "/backups", "~/.ssh/known_hosts", 30, 3))

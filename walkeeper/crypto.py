@@ -28,10 +28,10 @@ import hashlib
 import hmac
 import os
 import struct
-from collections import namedtuple
 
 from walkeeper.errors import ConfigError, CorruptObject, ObjectExists, ObjectNotFound, \
     OperationFailed, StoreError
+from walkeeper.record import record
 
 KDF_SCRYPT = 1
 KDF_KEY_FILE = 2
@@ -46,7 +46,7 @@ MIN_KEY_FILE_BYTES = 32
 _PREAMBLE = struct.Struct("<4sBBBB16s16s32sI")
 PREAMBLE_SIZE = _PREAMBLE.size  # 76
 
-KdfParams = namedtuple("KdfParams", "kdf log_n r p salt")
+KdfParams = record("KdfParams", "kdf log_n r p salt")
 
 
 class KeyMismatch(ConfigError):

@@ -23,9 +23,9 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Callable, Iterable, Iterator
-from collections import namedtuple
 
 from walkeeper.errors import ConfigError, CorruptObject
+from walkeeper.record import record
 
 FORMAT_VERSION = 2          # what is written
 READABLE_VERSIONS = (1, 2)
@@ -43,7 +43,7 @@ TRAILER_SIZE = _TRAILER.size  # 64
 CHUNK = 1 << 20
 
 
-class Trailer(namedtuple("Trailer", "original_size body_size sha256 version",
+class Trailer(record("Trailer", "original_size body_size sha256 version",
                          defaults=(FORMAT_VERSION,))):
     """sha256: of the body (version 2) or of the original bytes (version 1)."""
 
@@ -54,7 +54,7 @@ class Trailer(namedtuple("Trailer", "original_size body_size sha256 version",
         return self.sha256.hex()
 
 
-Header = namedtuple("Header", "version codec cipher")
+Header = record("Header", "version codec cipher")
 
 
 def object_name(name: str, codec: str) -> str:

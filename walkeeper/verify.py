@@ -20,7 +20,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections import namedtuple
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 
@@ -32,6 +31,7 @@ from walkeeper.layout import BACKUP_META, backup_dir, is_temp
 from walkeeper.model import ArchiveModel
 from walkeeper.objects import CHUNK, HEADER_SIZE, SUFFIX, TRAILER_SIZE, ObjectReader, \
     unpack_trailer
+from walkeeper.record import record
 from walkeeper.stores import open_store
 from walkeeper.wal import LONG_PAGE_HEADER_SIZE, Segment, WalKind, check_segment_header, \
     parse_long_page_header, parse_wal_name
@@ -39,7 +39,7 @@ from walkeeper.wal import LONG_PAGE_HEADER_SIZE, Segment, WalKind, check_segment
 KINDS = ("corrupt", "missing", "gap", "incomplete_backup", "leftover", "store_mismatch")
 WORKERS = 3
 
-Problem = namedtuple("Problem", "kind store object detail")
+Problem = record("Problem", "kind store object detail")
 
 
 @dataclass

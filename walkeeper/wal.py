@@ -8,7 +8,8 @@ history files) import `re` when first called.
 """
 
 import struct
-from collections import namedtuple
+
+from walkeeper.record import record
 
 MIN_SEGMENT_SIZE = 1 << 20
 MAX_SEGMENT_SIZE = 1 << 30
@@ -65,7 +66,7 @@ def format_lsn(lsn: int) -> str:
 
 # Named tuples rather than dataclasses: importing dataclasses (and inspect with it)
 # would cost push ~8 ms of start-up, once per archived segment.
-class Segment(namedtuple("Segment", "timeline log seg")):
+class Segment(record("Segment", "timeline log seg")):
     __slots__ = ()
 
     def __new__(cls, timeline: int, log: int, seg: int):
@@ -142,7 +143,7 @@ class WalKind:
     BACKUP = _Kind("BACKUP", "backup")
 
 
-WalName = namedtuple("WalName", "kind name timeline segment backup_offset")
+WalName = record("WalName", "kind name timeline segment backup_offset")
 
 
 def parse_wal_name(name: str) -> WalName:
@@ -192,7 +193,7 @@ def _split_wal_name(name: str, digits: frozenset = _UPPER_HEX):
 
 
 # One line of NNNNNNNN.history: the parent timeline, the LSN where it ended, why.
-HistoryEntry = namedtuple("HistoryEntry", "timeline switch_lsn reason")
+HistoryEntry = record("HistoryEntry", "timeline switch_lsn reason")
 
 
 # PostgreSQL writes "%u\t%X/%X\t%s"; its reader uses sscanf("%u\t%X/%X"),
@@ -228,7 +229,7 @@ def parse_history(text: str, timeline: int) -> list[HistoryEntry]:
 
 
 # [begin, end) of one timeline on a path; end None: the open, newest one.
-TimelineSpan = namedtuple("TimelineSpan", "timeline begin end")
+TimelineSpan = record("TimelineSpan", "timeline begin end")
 
 
 def timeline_path(timeline: int, history: list[HistoryEntry]) -> list[TimelineSpan]:
@@ -267,7 +268,7 @@ LONG_PAGE_HEADER_SIZE = 40
 _LONG_HEADER = struct.Struct("<HHIQI4xQII")
 
 
-PageHeader = namedtuple("PageHeader", "magic info timeline pageaddr rem_len system_identifier "
+PageHeader = record("PageHeader", "magic info timeline pageaddr rem_len system_identifier "
                                        "segment_size block_size")
 
 
