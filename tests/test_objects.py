@@ -515,3 +515,87 @@ def test_zstd_frame_checksum_catches_content_the_body_checksum_cannot():
                                           hashlib.sha256(body).digest()))
     with pytest.raises(CorruptObject, match="damaged"):
         decode_bytes(obj[:HEADER_SIZE] + bytes(body) + forged)
+
+
+# ------------------- reading with zstd's content checksum instead of the body's
+def decode_light(obj: bytes) -> bytes:
+    out = bytearray()
+    decode(io.BytesIO(obj).read, out.extend, None, body_checksum=False)
+    return bytes(out)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_without_the_body_checksum_every_flip_and_cut_is_still_caught(codec):
+    """body_checksum=False (the prefetcher): zstd's XXH64 of the content stands in for
+    the body's SHA-256; no damaged object may decode into wrong bytes."""
+    data = mixed_bytes(3000)
+    obj, _ = SMALL[codec]
+    assert decode_light(obj) == data
+    for pos in range(len(obj)):
+        for mask in (0x01, 0x10, 0x80):
+            bad = bytearray(obj)
+            bad[pos] ^= mask
+            try:
+                back = decode_light(bytes(bad))
+            except CorruptObject:
+                continue
+            # only a change that leaves the content as it was may pass: a zstd frame
+            # header field such as the window size, or the trailer's SHA-256 that this
+            # reader does not use (verify-chain reports that one)
+            assert back == data, f"flip {mask:#x} at {pos} gave wrong bytes"
+            assert codec == "zstd"
+            assert HEADER_SIZE <= pos < HEADER_SIZE + 18 or pos >= len(obj) - 32
+    for cut in range(len(obj)):
+        with pytest.raises(CorruptObject):
+            decode_light(obj[:cut])
+
+
+def test_without_the_body_checksum_a_frame_without_content_checksum_is_refused():
+    """A frame that does not carry XXH64 (one written without it, or a header whose
+    checksum flag was cleared) would leave the content unchecked: refused."""
+    import zstandard
+
+    data = random_bytes(100_000, seed=5)
+    body = zstandard.ZstdCompressor(level=3, write_checksum=False).compress(data)
+    obj = objects.pack_header("zstd") + body + objects.pack_trailer(
+        Trailer(len(data), len(body), hashlib.sha256(body).digest()))
+    assert decode_bytes(obj)[0] == data            # valid by its body checksum
+    with pytest.raises(CorruptObject, match="no content checksum"):
+        decode_light(obj)
+
+
+@pytest.mark.parametrize("size", [0, 1, 5000, 3 * CHUNK + 5])
+def test_without_the_body_checksum_other_objects_are_checked_as_before(size):
+    """Raw and version 1 objects have no XXH64 to rely on: their SHA-256 is checked."""
+    data = mixed_bytes(size)
+    raw, _ = encode(data, "none")
+    v1 = encode_v1(data, "zstd")
+    for obj in (raw, v1):
+        assert decode_light(obj) == data
+        bad = bytearray(obj)
+        bad[len(obj) // 2] ^= 0x04
+        with pytest.raises(CorruptObject):
+            decode_light(bytes(bad))
+
+
+def test_without_the_body_checksum_encrypted_objects_keep_every_check():
+    from test_crypto import KEY, RING, keyring, seal
+
+    from walkeeper.crypto import KeyMismatch
+
+    data = mixed_bytes(2 * CHUNK + 9)
+    obj = seal(data, KEY)
+
+    def light(o: bytes, ring) -> bytes:
+        out = bytearray()
+        decode(io.BytesIO(o).read, out.extend, ring, body_checksum=False)
+        return bytes(out)
+
+    assert light(obj, RING) == data
+    with pytest.raises(KeyMismatch):
+        light(obj, keyring("not the passphrase"))
+    for pos in (HEADER_SIZE + 3, len(obj) // 2, len(obj) - TRAILER_SIZE - 1, len(obj) - 1):
+        bad = bytearray(obj)
+        bad[pos] ^= 0x20
+        with pytest.raises(CorruptObject):
+            light(bytes(bad), RING)

@@ -203,6 +203,34 @@ class _Body:
             return data
 
 
+class _FrameStart:
+    """A zstd stream's source that keeps its first bytes, the frame header, so that
+    check() can insist the frame carries a content checksum."""
+
+    HEADER_MAX = 18
+
+    def __init__(self, source):
+        self._read = source.read
+        self.head = b""
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._read(n)
+        if len(self.head) < self.HEADER_MAX and data:
+            self.head += bytes(data[:self.HEADER_MAX - len(self.head)])
+        return data
+
+    def check(self) -> None:
+        import zstandard
+
+        try:
+            checked = zstandard.get_frame_parameters(self.head).has_checksum
+        except zstandard.ZstdError as exc:
+            raise CorruptObject(f"zstd frame header is damaged: {exc}") from None
+        if not checked:
+            raise CorruptObject("zstd frame carries no content checksum (damaged frame "
+                                "header?): refusing to trust its content unchecked")
+
+
 class ObjectReader:
     """A stored object read as its original bytes (a file-like `read`).
 
@@ -216,15 +244,27 @@ class ObjectReader:
     keyring, or with a key it was not encrypted with, raises ConfigError (exit 3);
     with a keyring, a plain object is refused as CorruptObject (an encrypted archive
     holds nothing unencrypted, so a plain object there was not written by us).
+
+    body_checksum=False: for a version 2 zstd object, skip the SHA-256 of the body and
+    rely on zstd's XXH64 of the content, which the frame must then carry (a frame
+    without it is refused): every byte returned is still checked, as are the sizes,
+    and an encrypted body's tags (whose body is hashed all the same). The prefetcher
+    reads this way (~3.5 ms less CPU per
+    16 MiB segment); the body checksum stays what verify-chain and push check.
     """
 
-    def __init__(self, read: Callable[[int], bytes], keyring=None):
+    def __init__(self, read: Callable[[int], bytes], keyring=None, body_checksum: bool = True):
         head = unpack_header(_read_exact(read, HEADER_SIZE))
         self.version = head.version
         self._digest = hashlib.sha256()
         self._size = 0
         self.trailer: Trailer | None = None
-        self._body = _Body(read, self._digest.update if head.version >= 2 else None)
+        self._frame: _FrameStart | None = None
+        # Encrypted bodies are always hashed: the checksum is what tells a damaged
+        # preamble from a wrong key.
+        hash_body = head.version >= 2 and (body_checksum or head.codec != "zstd"
+                                           or bool(head.cipher))
+        self._body = _Body(read, self._digest.update if hash_body else None)
         source = self._body
         if head.cipher:
             if keyring is None:
@@ -246,6 +286,8 @@ class ObjectReader:
         if head.codec == "zstd":
             import zstandard
 
+            if not hash_body and head.version >= 2:
+                source = self._frame = _FrameStart(source)
             self._source = zstandard.ZstdDecompressor().stream_reader(
                 source, read_size=CHUNK, read_across_frames=False)
         else:
@@ -273,6 +315,28 @@ class ObjectReader:
         self._finish()
         return b""
 
+    def readinto(self, buffer) -> int:
+        """read() into a caller's buffer, which a zstd object is decompressed into
+        directly: no new object per chunk (for 16 MiB, ~4 ms of page faults less)."""
+        if self.trailer is not None:
+            return 0
+        into = getattr(self._source, "readinto", None)
+        if into is None:
+            data = self.read(len(buffer))
+            buffer[:len(data)] = data
+            return len(data)
+        try:
+            n = into(buffer)
+        except CorruptObject:
+            raise
+        except Exception as exc:  # zstandard.ZstdError
+            raise CorruptObject(f"compressed stream is damaged: {exc}") from None
+        if n:
+            self._take(memoryview(buffer)[:n])
+            return n
+        self._finish()
+        return 0
+
     def _check_body(self) -> Trailer:
         """Read the rest of the body; check the trailer, the body size and (version 2)
         the body checksum."""
@@ -285,7 +349,9 @@ class ObjectReader:
                                 f"{trailer.version}")
         if body.size != trailer.body_size:
             raise CorruptObject(f"body is {body.size} bytes, trailer says {trailer.body_size}")
-        if self.version >= 2 and self._digest.digest() != trailer.sha256:
+        if self._frame is not None:
+            self._frame.check()
+        elif self.version >= 2 and self._digest.digest() != trailer.sha256:
             raise CorruptObject(f"checksum mismatch: body {self._digest.hexdigest()}, "
                                 f"recorded {trailer.checksum}")
         return trailer
@@ -408,10 +474,10 @@ class ThreadedObjectReader(ObjectReader):
 
 
 def decode(read: Callable[[int], bytes], write: Callable[[bytes], object] | None,
-           keyring=None) -> Trailer:
+           keyring=None, body_checksum: bool = True) -> Trailer:
     """Read a stored object through `read`, verify it, pass original bytes to `write`
     in pieces of at most CHUNK bytes (see ObjectReader about when to trust them)."""
-    r = ObjectReader(read, keyring)
+    r = ObjectReader(read, keyring, body_checksum)
     while True:
         data = r.read(CHUNK)
         if not data:
