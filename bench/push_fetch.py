@@ -38,7 +38,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 
 from benchlib import free_port
@@ -455,14 +454,14 @@ def startup(a, segs: list[Path], work: Path, env: dict[str, str]) -> dict:
     recorded = "walkeeper push (done by read-ahead)"
     cmds[recorded] = [*a.walkeeper, "push", str(pg_wal / segs[1].name), segs[1].name]
     envs[recorded] = wenv
-    # a fetch served from the spool: an entry NAME.<sha256>.<crc32> (the format
-    # walkeeper/prefetch.py writes) copied into the spool, with the spool's lock
-    # held as a running prefetcher holds it (so no prefetcher is started).
+    # a fetch served from the spool: an entry NAME.<sha256>.<boot> (the format
+    # walkeeper/prefetch.py writes: <boot> is the start of the kernel's boot id)
+    # copied into the spool, with the spool's lock held as a running prefetcher
+    # holds it (so no prefetcher is started).
     spool = state / "spool" / "default"
     spool.mkdir(parents=True)
-    data = segs[1].read_bytes()
-    entry = spool / f"{segs[1].name}.{hashlib.sha256(data).hexdigest()}.{zlib.crc32(data):08x}"
-    del data
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text()[:8]
+    entry = spool / f"{segs[1].name}.{sha256(segs[1])}.{boot}"
     served = "walkeeper fetch (served from the spool)"
     recovery = d / "recovery" / "pg_wal"
     recovery.mkdir(parents=True)
@@ -499,6 +498,9 @@ def startup(a, segs: list[Path], work: Path, env: dict[str, str]) -> dict:
                 dt, r = timed(cmds[k], envs.get(k, env), ok[k])
                 if k == served and (recovery / "RECOVERYXLOG").stat().st_size != SEG:
                     raise Failed("the fetch served from the spool wrote a wrong file")
+                if k == served and entry.exists():
+                    raise Failed("the fetch did not take the spool entry: walkeeper's "
+                                 "spool format changed, update this benchmark")
                 if i >= a.startup_warmup:
                     res[k]["times_s"].append(dt)
     except Failed as exc:

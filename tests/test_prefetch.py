@@ -8,12 +8,12 @@ import fcntl
 import hashlib
 import os
 import time
-import zlib
 from pathlib import Path
 
 import pytest
 
 from walfiles import segment_bytes, write_segment
+from walkeeper.prefetch import boot_tag
 from walkeeper.wal import Segment
 
 FIRST = "000000010000000000000020"
@@ -35,9 +35,10 @@ def write_config(tmp_path: Path, extra: str = "", name: str = "walkeeper.toml") 
     return cfg
 
 
-def entry_name(name: str, data: bytes, checksum: str | None = None) -> str:
-    """A spool entry: NAME.<the stored object's checksum>.<crc32 of the content>."""
-    return f"{name}.{checksum or hashlib.sha256(data).hexdigest()}.{zlib.crc32(data):08x}"
+def entry_name(name: str, data: bytes, checksum: str | None = None,
+               boot: str | None = None) -> str:
+    """A spool entry: NAME.<the stored object's checksum>.<this boot's tag>."""
+    return f"{name}.{checksum or hashlib.sha256(data).hexdigest()}.{boot or boot_tag()}"
 
 
 def spool(tmp_path: Path, cluster: str = "pf") -> Path:
@@ -156,7 +157,9 @@ def test_a_spooled_file_of_another_timeline_is_never_served(wk, tmp_path, archiv
     assert r.returncode == 1
 
 
-def test_a_corrupt_spooled_file_is_not_served(wk, tmp_path, archive):
+def test_a_truncated_or_foreign_spool_file_is_not_served(wk, tmp_path, archive):
+    """A spool entry is trusted for its content (it was verified before it got its
+    name) but not for being whole, nor for being the segment its name says."""
     cfg, content = archive
     segs = sorted(content)
     dest = recovery_dir(tmp_path) / "RECOVERYXLOG"
@@ -164,16 +167,39 @@ def test_a_corrupt_spooled_file_is_not_served(wk, tmp_path, archive):
     wait_for(lambda: [e[:24] for e in entries(tmp_path)] == segs[1:], what="the spool")
     [entry] = [e for e in entries(tmp_path) if e.startswith(segs[2])]
     path = spool(tmp_path) / entry
-    with open(path, "r+b") as f:
-        f.seek(5 << 20)
-        byte = f.read(1)
-        f.seek(5 << 20)
-        f.write(bytes([byte[0] ^ 0xFF]))
+    os.truncate(path, 5 << 20)
     r = wk("--config", cfg, "fetch", segs[2], dest)
     assert r.returncode == 0, r.stderr
-    assert "checksum" in r.stderr
+    assert "does not hold" in r.stderr and "5242880 bytes" in r.stderr
     assert dest.read_bytes() == content[segs[2]]
     assert not path.exists()
+    # another segment's content under this name: its page address gives it away
+    [entry] = [e for e in entries(tmp_path) if e.startswith(segs[4])]
+    (spool(tmp_path) / entry).write_bytes(content[segs[3]])
+    r = wk("--config", cfg, "fetch", segs[4], dest)
+    assert r.returncode == 0, r.stderr
+    assert "does not hold" in r.stderr
+    assert dest.read_bytes() == content[segs[4]]
+
+
+def test_an_entry_from_before_a_reboot_is_never_served(wk, tmp_path, archive):
+    """Spool files are not fsynced, so after a crash one may have lost pages; entries
+    carry the boot they were written in and others are neither served nor kept."""
+    cfg, content = archive
+    segs = sorted(content)
+    dest = recovery_dir(tmp_path) / "RECOVERYXLOG"
+    d = spool(tmp_path)
+    d.mkdir(parents=True)
+    other_boot = "%08x" % (int(boot_tag(), 16) ^ 0xFFFFFFFF)
+    zeroed = bytearray(content[segs[1]])
+    zeroed[1 << 20:] = bytes(len(zeroed) - (1 << 20))      # pages a crash never wrote
+    stale = d / entry_name(segs[1], b"", "ab" * 32, other_boot)
+    stale.write_bytes(zeroed)
+    assert wk("--config", cfg, "fetch", segs[0], dest).returncode == 0
+    r = wk("-v", "--config", cfg, "fetch", segs[1], dest)
+    assert r.returncode == 0, r.stderr
+    assert dest.read_bytes() == content[segs[1]]
+    wait_for(lambda: not stale.exists(), what="the prefetcher to drop the old boot's entry")
 
 
 def test_spool_size_is_bounded_and_prefetch_can_be_disabled(wk, tmp_path, archive):

@@ -3,14 +3,21 @@
 When recovery fetches segment N, a detached prefetcher (a forked child, one at a time
 per cluster, held by a lock file) fetches N+1 .. N+K of the same timeline in parallel
 into <state_dir>/spool/<cluster>/. Each one is decoded and verified (objects.py: the
-stored checksum, sizes, zstd's content checksum, and for an encrypted archive every
-chunk's tag) while written under a temporary name (`.NAME.tmp-*`), then renamed to
-`NAME.<checksum>.<crc32>`. A later fetch serves the entry for its exact name only, after
-checking its page header against the name and its content against the CRC-32 in its
-name (a damaged or truncated spool file is caught cheaply on the hot path: the object
-was verified before the entry got its name), by renaming
-it to DEST_PATH (copying when the spool is on another filesystem). Nothing is ever
-written inside pg_wal except DEST_PATH.
+sizes and zstd's checksum of the original bytes, which every byte written must pass;
+the stored body's SHA-256 where the object is not zstd or is encrypted, and then
+every chunk's tag) while written under a temporary name (`.NAME.tmp-*`), and only then
+renamed to `NAME.<checksum>.<boot>`: an entry's name is the proof it was verified.
+<boot> is the start of the kernel's boot id, so an entry a crash may have left with
+unwritten pages (spool files are not fsynced) is never served after the reboot; where
+there is no boot id the prefetcher fsyncs each entry before naming it.
+
+A later fetch serves the entry for its exact name and this boot only, after checking
+its size and its first page header against the name (timeline, segment number,
+segment size), by renaming it to DEST_PATH (copying when the spool is on another
+filesystem). It does not re-read the content: like pgBackRest, WAL-G and Barman, it
+trusts what it verified seconds ago on the same machine, which keeps a served fetch
+close to an interpreter's start-up. Nothing is ever written inside pg_wal except
+DEST_PATH.
 
 The prefetcher follows the newest requested name (the `.wanted` file), stops at the
 first segment the archive lacks, keeps the spool under fetch.spool_max_bytes, and
@@ -20,9 +27,7 @@ once no new request came for IDLE seconds it empties the spool and exits.
 from __future__ import annotations
 
 import os
-import sys
 import time
-import zlib
 
 from walkeeper import log
 from walkeeper.errors import CorruptObject, ObjectNotFound, StoreError
@@ -34,16 +39,29 @@ STALE = 600.0              # spool entries older than this are dropped
 INFLIGHT_WAIT = 30.0       # longest wait for an entry being written by the prefetcher
 WANTED = ".wanted"
 LOCK = ".lock"
-_HASH_CHUNK = 1 << 20
+_COPY_CHUNK = 1 << 20
+_BOOT_ID = "/proc/sys/kernel/random/boot_id"
+NO_BOOT = "00000000"
+
+
+def boot_tag() -> str:
+    """8 hex digits of this boot's id; NO_BOOT where the system has none."""
+    try:
+        with open(_BOOT_ID) as f:
+            tag = f.read(8)
+    except OSError:
+        return NO_BOOT
+    return tag if len(tag) == 8 else NO_BOOT
 
 
 def spool_dir(state_dir: str, cluster: str) -> str:
     return os.path.join(state_dir, "spool", cluster)
 
 
-def _entry(names: list[str], name: str) -> str | None:
+def _entry(names: list[str], name: str, boot: str) -> str | None:
+    """The verified entry for NAME written during this boot."""
     for n in names:
-        if len(n) == len(name) + 74 and n.startswith(name + "."):
+        if len(n) == len(name) + 74 and n.startswith(name + ".") and n.endswith(boot):
             return n
     return None
 
@@ -59,13 +77,14 @@ def serve(config, wal: WalName, dest: str) -> bool:
     """Move the verified spool entry for exactly this name to DEST; False: not spooled
     (or not good), fetch it from the stores."""
     d = spool_dir(config.state_dir, config.cluster)
+    boot = boot_tag()
     deadline = time.monotonic() + INFLIGHT_WAIT
     while True:
         try:
             names = os.listdir(d)
         except OSError:
             return False
-        entry = _entry(names, wal.name)
+        entry = _entry(names, wal.name, boot)
         if entry is not None:
             break
         # The prefetcher may be writing it right now: wait rather than fetch twice.
@@ -80,7 +99,7 @@ def serve(config, wal: WalName, dest: str) -> bool:
         time.sleep(0.005)
     path = os.path.join(d, entry)
     try:
-        ok = _verify(path, wal, entry[-8:])
+        ok = _check(path, wal)
     except OSError:
         return False
     if not ok:
@@ -98,24 +117,15 @@ def serve(config, wal: WalName, dest: str) -> bool:
     return True
 
 
-def _verify(path: str, wal: WalName, expected: str) -> bool:
-    buf = bytearray(_HASH_CHUNK)
-    view = memoryview(buf)
-    crc = 0
+def _check(path: str, wal: WalName) -> bool:
+    """The entry is a whole segment and its first page is WAL's page for this name."""
     with open(path, "rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
-        n = f.readinto(buf)
-        try:
-            header = parse_long_page_header(bytes(view[:LONG_PAGE_HEADER_SIZE]))
-            check_segment_header(wal.segment, header, size)
-        except ValueError as exc:
-            log.warn(f"prefetch spool: {path} does not hold {wal.name} ({exc}); not served")
-            return False
-        while n:
-            crc = zlib.crc32(view[:n], crc)
-            n = f.readinto(buf)
-    if f"{crc:08x}" != expected:
-        log.warn(f"prefetch spool: {path} does not match its checksum; not served, "
+        head = f.read(LONG_PAGE_HEADER_SIZE)
+    try:
+        check_segment_header(wal.segment, parse_long_page_header(head), size)
+    except ValueError as exc:
+        log.warn(f"prefetch spool: {path} does not hold {wal.name} ({exc}); not served, "
                  f"fetching from the stores")
         return False
     return True
@@ -126,7 +136,7 @@ def _copy(src: str, dest: str) -> bool:
     tmp = os.path.join(directory, f".{base}.wk-{os.urandom(4).hex()}")
     try:
         with open(src, "rb") as fi, open(tmp, "xb") as fo:
-            while chunk := fi.read(_HASH_CHUNK):
+            while chunk := fi.read(_COPY_CHUNK):
                 fo.write(chunk)
         os.replace(tmp, dest)
         return True
@@ -167,29 +177,9 @@ def kick(config, wal: WalName, seg_size: int) -> None:
     except OSError:
         os.close(lock_fd)           # a prefetcher runs and will see .wanted
         return
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    try:
-        pid = os.fork()
-    except OSError:
-        os.close(lock_fd)
-        return
-    if pid:
-        os.close(lock_fd)           # the child holds the lock now
-        return
-    # Child: detach from PostgreSQL's process group and from its pipes.
-    try:
-        os.setsid()
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        os.closerange(3, lock_fd)
-        os.closerange(lock_fd + 1, 1 << 16)
-        Prefetcher(config, d).run()
-    except BaseException:
-        pass
-    finally:
-        os._exit(0)
+    from walkeeper.detach import spawn
+
+    spawn(lock_fd, Prefetcher(config, d).run)
 
 
 # ---------------------------------------------------------- the prefetcher
@@ -200,6 +190,7 @@ class Prefetcher:
         self.dir = directory
         self.depth = config["fetch.prefetch"]
         self.max_bytes = config["fetch.spool_max_bytes"]
+        self.boot = boot_tag()
 
     def _wanted(self) -> tuple[Segment, int, float] | None:
         path = os.path.join(self.dir, WANTED)
@@ -212,8 +203,8 @@ class Prefetcher:
             return None
 
     def _clean(self, current: Segment | None, keep: set[str], everything: bool = False) -> int:
-        """Drop entries already passed, stale ones and orphaned temporaries; return the
-        bytes the spool holds."""
+        """Drop entries already passed, stale ones, those of an earlier boot and orphaned
+        temporaries; return the bytes the spool holds."""
         total = 0
         now = time.time()
         try:
@@ -237,7 +228,7 @@ class Prefetcher:
             name = n[:24]
             passed = (current is not None and name[:8] == current.name[:8]
                       and name <= current.name)
-            if everything or passed or now - st.st_mtime > STALE:
+            if everything or passed or now - st.st_mtime > STALE or not n.endswith(self.boot):
                 _unlink(path)
             else:
                 total += st.st_size
@@ -265,6 +256,9 @@ class Prefetcher:
 
         def fetch(name: str, tmp: str) -> str:
             """'ok', 'missing' (every store said absent) or 'error'."""
+            buffer = getattr(local, "buffer", None)
+            if buffer is None:
+                buffer = local.buffer = bytearray(_COPY_CHUNK)
             keys = wal_keys(self.config.cluster, parse_wal_name(name),
                             self.config["compression.algorithm"])
             absent = 0
@@ -273,7 +267,7 @@ class Prefetcher:
                 try:
                     for key in keys:
                         try:
-                            if self._fetch_key(store, key, name, tmp):
+                            if self._fetch_key(store, key, name, tmp, buffer):
                                 return "ok"
                         except ObjectNotFound:
                             continue
@@ -320,7 +314,7 @@ class Prefetcher:
                         if stop is not None and nxt.timeline == stop.timeline and nxt >= stop:
                             break
                         if nxt.name in inflight or nxt.name in fetched \
-                                or _entry(names, nxt.name):
+                                or _entry(names, nxt.name, self.boot):
                             continue
                         if spooled + (len(inflight) + 1) * seg_size > self.max_bytes:
                             break
@@ -338,23 +332,27 @@ class Prefetcher:
             for store in s:
                 store.close()
 
-    def _fetch_key(self, store, key: str, name: str, tmp: str) -> bool:
-        from walkeeper.objects import decode
+    def _fetch_key(self, store, key: str, name: str, tmp: str, buffer: bytearray) -> bool:
+        from walkeeper.objects import ObjectReader
 
         reader = store.open(key)
         path = os.path.join(self.dir, tmp)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            crc = 0
-            with os.fdopen(fd, "wb") as f:
-                def write(data: bytes) -> None:
-                    nonlocal crc
-                    crc = zlib.crc32(data, crc)
-                    f.write(data)
-
-                # decode raises CorruptObject unless the object verifies
-                trailer = decode(reader.read, write, store.keyring)
-            os.rename(path, os.path.join(self.dir, f"{name}.{trailer.checksum}.{crc:08x}"))
+            with os.fdopen(fd, "wb", buffering=0) as f:
+                # Decoded into this worker's buffer. The last readinto raises
+                # CorruptObject unless the object verifies; the zstd frame's XXH64
+                # checks the content, so the body's SHA-256 is skipped.
+                obj = ObjectReader(reader.read, store.keyring, body_checksum=False)
+                view = memoryview(buffer)
+                while n := obj.readinto(buffer):
+                    chunk = view[:n]
+                    while chunk:
+                        chunk = chunk[f.write(chunk):]
+                trailer = obj.trailer
+                if self.boot == NO_BOOT:
+                    os.fsync(f.fileno())     # no boot id to tell a crash's leftovers by
+            os.rename(path, os.path.join(self.dir, f"{name}.{trailer.checksum}.{self.boot}"))
             return True
         except BaseException:
             _unlink(path)

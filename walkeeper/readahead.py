@@ -238,8 +238,6 @@ def kick(config, pg_wal: str, directory: str) -> bool:
     """Make sure a background pusher runs for this cluster's records; start one,
     detached, if none holds the lock. True when one runs. Never fails the push.
     Call it before any thread is started (it forks)."""
-    import sys
-
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         lock_fd = os.open(os.path.join(directory, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
@@ -252,23 +250,9 @@ def kick(config, pg_wal: str, directory: str) -> bool:
     except OSError:
         os.close(lock_fd)           # a pusher runs and will see the ready segments
         return True
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    try:
-        pid = os.fork()
-    except OSError:
-        os.close(lock_fd)
-        return False
-    if pid:
-        os.close(lock_fd)           # the child holds the lock now
-        return True
-    # Child: detach from PostgreSQL's process group and from its pipes and files
-    # (the claim of the foreground's segment included: the parent keeps that one).
-    code = 0
-    try:
+    from walkeeper.detach import spawn
+
+    def work() -> None:
         import signal
 
         pusher = Pusher(config, pg_wal, directory)
@@ -276,19 +260,13 @@ def kick(config, pg_wal: str, directory: str) -> bool:
         # is PID 1 (a container without an init), it reaps this orphan, and takes a
         # child killed by a signal for a crashed backend.
         signal.signal(signal.SIGTERM, lambda signum, frame: pusher.stop())
-        os.setsid()
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        os.closerange(3, lock_fd)
-        os.closerange(lock_fd + 1, 1 << 16)
         os.ftruncate(lock_fd, 0)
         os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
         pusher.run()
-    except BaseException:
-        code = 1
-    finally:
-        os._exit(code)
+
+    # The child leaves the claim of the foreground's segment to the parent: it keeps
+    # no descriptor but the lock's.
+    return spawn(lock_fd, work)
 
 
 # --------------------------------------------------------------- the pusher

@@ -1,0 +1,59 @@
+"""PostgreSQL starts walkeeper once per WAL segment, so the fast paths of push (a
+segment the read-ahead pusher already stored) and fetch (a segment served from the
+prefetch spool) must import nothing they do not use. Each is run once more with
+`python -S -X importtime` (no site: the test venv's editable install would import
+pathlib, re and collections itself) and its imports are checked by name."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import clean_env
+from test_prefetch import archive, entries, recovery_dir, wait_cleaned, wait_for  # noqa: F401
+from test_readahead import make_ready, names, pg_wal, pusher_gone, records  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Each costs a fast path 0.3-25 ms of start-up, for nothing it needs.
+HEAVY = {"collections", "re", "tomllib", "enum", "json", "typing", "dataclasses", "inspect",
+         "threading", "concurrent", "pathlib", "datetime", "hashlib", "zstandard",
+         "cryptography", "paramiko", "psycopg", "click"}
+
+
+def imports_of(*args: str, env: dict) -> set[str]:
+    """Top-level names of the modules `bin/walkeeper ARGS` imports."""
+    r = subprocess.run([sys.executable, "-S", "-X", "importtime", str(REPO / "bin" / "walkeeper"),
+                        *args], env=clean_env({k: str(v) for k, v in env.items()}),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.startswith("import time:")]
+    assert lines, r.stderr
+    return {x.rsplit("|", 1)[1].strip().split(".")[0] for x in lines[1:]}
+
+
+def test_a_fetch_served_from_the_spool_imports_only_what_it_uses(wk, tmp_path, archive):
+    cfg, content = archive
+    segs = sorted(content)
+    dest = recovery_dir(tmp_path) / "RECOVERYXLOG"
+    assert wk("--config", cfg, "fetch", segs[0], dest).returncode == 0
+    wait_for(lambda: segs[1] in [e[:24] for e in entries(tmp_path)], what="the spool")
+    mods = imports_of("-v", "--config", str(cfg), "fetch", segs[1], str(dest),
+                      env={"XDG_STATE_HOME": tmp_path / "xdg"})
+    assert dest.read_bytes() == content[segs[1]]
+    assert "walkeeper" in mods
+    assert not mods & HEAVY, sorted(mods & HEAVY)
+    wait_cleaned(tmp_path)
+
+
+def test_a_push_read_ahead_already_did_imports_only_what_it_uses(wk, tmp_path, pg_wal):
+    env = {"BACKUP_DIR": tmp_path / "store", "WALKEEPER_STATE_DIR": tmp_path / "state"}
+    segs = names("000000010000000000000010", 3)
+    make_ready(pg_wal, segs)
+    assert wk("push", pg_wal / segs[0], segs[0], env=env).returncode == 0
+    pusher_gone(tmp_path)
+    assert segs[1] in records(tmp_path)
+    mods = imports_of("push", str(pg_wal / segs[1]), segs[1], env=env)
+    assert segs[1] not in records(tmp_path)      # the record was used
+    assert not mods & HEAVY, sorted(mods & HEAVY)
