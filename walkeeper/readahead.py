@@ -3,11 +3,11 @@
 PostgreSQL runs archive_command for one segment at a time, oldest first. When push is
 called for segment N inside pg_wal (push.parallel > 1) and other segments are marked
 `.ready` in pg_wal/archive_status, archive.push makes sure a background pusher runs
-for this cluster (one at a time, held by the lock file `.pusher`, started detached
-like the prefetcher: fork, setsid, PostgreSQL's pipes closed). The pusher stores the
-ready segments oldest first with push.parallel worker threads while PostgreSQL's
-calls come and go, and writes one record per segment here once its object is durable
-in every store.
+for this cluster (one at a time, held by the lock file `.pusher`, started by
+detach.py as the prefetcher is: fork, setsid, PostgreSQL's pipes closed). The pusher
+stores the ready segments oldest first with push.parallel worker threads while
+PostgreSQL's calls come and go, and writes one record per segment here once its
+object is durable in every store.
 
 Each segment being stored is claimed first: an flock on `<NAME>.claim` here. The
 pusher takes claims without waiting and skips a segment someone else holds; a
