@@ -176,7 +176,7 @@ def _upload(f, name: str, key: str, stores: list, config: Config, size: int,
 
     Returns (errors by store name, conflict messages, trailer of what was written).
     """
-    from walkeeper.objects import read_chunks, sha256_file
+    from walkeeper.objects import read_chunks
     from walkeeper.transfer import put_stream
 
     f.seek(0)
@@ -190,13 +190,10 @@ def _upload(f, name: str, key: str, stores: list, config: Config, size: int,
     for s in out.stored:
         log.debug(f"stored {name} in {s.name} ({s.location}): {t.original_size} bytes as "
                   f"{t.body_size}, body sha256 {t.checksum}")
-    if out.taken:
-        # Someone stored the same name while we uploaded: same content is fine.
-        f.seek(0)
-        size, digest = sha256_file(f)
     for s in out.taken:
+        # Someone stored the same name while we uploaded: same content is fine.
         existing = _find(s, [key])
-        msg = _conflict(name, s, existing, size, digest) if existing else None
+        msg = _compare_existing(name, s, existing, f, size) if existing else None
         if msg:
             conflicts.append(msg)
     return out.errors, conflicts, t

@@ -50,15 +50,11 @@ def records_dir(state_dir: str, cluster: str) -> str:
     return os.path.join(state_dir, "readahead", cluster)
 
 
-def identity(st: os.stat_result) -> dict:
-    return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size,
-            "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
-
-
 def _record(name: str, st: os.stat_result, sha256: str) -> bytes:
-    """A record: the JSON `{"name", "file": identity(st), "sha256"}`, written and
-    compared byte for byte (the fast path imports no json: it starts a process per
-    segment). `name` is a checked WAL name and `sha256` hex: nothing to escape."""
+    """A record: the JSON `{"name", "file": {dev, ino, size, mtime_ns, ctime_ns},
+    "sha256"}` (the file's identity), written and compared byte for byte (the fast
+    path imports no json: it starts a process per segment). `name` is a checked WAL
+    name and `sha256` hex: nothing to escape."""
     return (f'{{"name": "{name}", "file": {{"dev": {st.st_dev}, "ino": {st.st_ino}, '
             f'"size": {st.st_size}, "mtime_ns": {st.st_mtime_ns}, '
             f'"ctime_ns": {st.st_ctime_ns}}}, "sha256": "{sha256}"}}').encode()
@@ -208,10 +204,7 @@ def _flock_within(fd: int, seconds: float) -> None:
 
 def release(directory: str, name: str, fd: int) -> None:
     """Give up a claim taken with claim(): delete its file while holding it, unlock."""
-    try:
-        os.unlink(os.path.join(directory, name + CLAIM))
-    except OSError:
-        pass
+    _unlink(os.path.join(directory, name + CLAIM))
     os.close(fd)
 
 
