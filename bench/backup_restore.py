@@ -46,7 +46,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchlib import free_port, run
+from benchlib import du, free_port, initdb, pg_env, run, save_json
 
 PGBIN_DEFAULT = "/usr/lib/postgresql/15/bin"
 CLUSTER = "bench"
@@ -57,17 +57,6 @@ def log(msg: str) -> None:
 
 
 
-
-
-def du(path: Path) -> int:
-    total = 0
-    for root, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(root, f)).st_size
-            except OSError:
-                pass
-    return total
 
 
 # ------------------------------------------------------------------ measuring
@@ -201,8 +190,7 @@ class Cluster:
     @property
     def env(self) -> dict:
         m = self.meta
-        return {**os.environ, "PGHOST": m["socket_dir"], "PGPORT": str(m["port"]),
-                "PGUSER": "postgres", "PGDATABASE": "postgres"}
+        return pg_env(m["socket_dir"], m["port"])
 
     @property
     def conninfo(self) -> str:
@@ -225,19 +213,11 @@ class Cluster:
                                               "scale": scale, "ready": False}))
         self.write_config()
         log(f"initdb {self.pgdata}")
-        run([self.pgbin / "initdb", "-D", self.pgdata, "-A", "trust", "-E", "UTF8",
-             "--locale=C", "-U", "postgres"], stdout=subprocess.DEVNULL)
         archive = " ".join(shlex.quote(w) for w in self.wk) + \
             f" --config {shlex.quote(str(self.cfg))} push %p %f"
         m = self.meta
-        with open(self.pgdata / "postgresql.conf", "a") as f:
-            f.write(f"""
+        initdb(self.pgbin, self.pgdata, m["port"], m["socket_dir"], f"""\
 # walkeeper backup/restore bench
-listen_addresses = ''
-port = {m['port']}
-unix_socket_directories = '{m['socket_dir']}'
-wal_level = replica
-archive_mode = on
 archive_command = '{archive.replace("'", "''")}'
 max_wal_size = 4GB
 min_wal_size = 1GB
@@ -578,9 +558,7 @@ def main(argv=None) -> int:
     text = summarize(results)
     results["summary"] = text
     name = time.strftime("br-%Y%m%dT%H%M%S.json")
-    for d in filter(None, [str(work / "results"), a.out_dir]):
-        os.makedirs(d, exist_ok=True)
-        Path(d, name).write_text(json.dumps(results, indent=1) + "\n")
+    save_json(results, name, [str(work / "results"), a.out_dir])
     print(f"database {results['database_bytes'] / 2**20:.0f} MiB "
           f"(pgdata {results['pgdata_bytes'] / 2**20:.0f} MiB), {os.cpu_count()} CPUs, "
           f"load {results['loadavg_at_start'][0]:.2f} at start")

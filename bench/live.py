@@ -59,7 +59,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchlib import free_port, run
+from benchlib import du_files, free_port, initdb, loadavg, pg_env, run, save_json
 
 PGBIN_DEFAULT = "/usr/lib/postgresql/15/bin"
 CLUSTER = "live"
@@ -70,23 +70,6 @@ BASELINE = VARIANTS[0]
 
 def log(msg: str) -> None:
     print(f"[live] {msg}", file=sys.stderr, flush=True)
-
-
-def du(path: Path) -> tuple[int, int]:
-    """(bytes, files) under path."""
-    total = files = 0
-    for root, _, names in os.walk(path):
-        for f in names:
-            try:
-                total += os.lstat(os.path.join(root, f)).st_size
-                files += 1
-            except OSError:
-                pass
-    return total, files
-
-
-def loadavg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 # ------------------------------------------------------------------ CPU accounting
@@ -156,22 +139,13 @@ class Cluster:
         self.status = self.pgdata / "pg_wal" / "archive_status"
         self.sockdir = Path(tempfile.mkdtemp(prefix="wkl", dir="/tmp"))  # socket path limit
         self.port = free_port()
-        self.env = {**os.environ, "PGHOST": str(self.sockdir), "PGPORT": str(self.port),
-                    "PGUSER": "postgres", "PGDATABASE": "postgres"}
+        self.env = pg_env(self.sockdir, self.port)
 
     def create(self, scale: int) -> None:
         log(f"initdb {self.pgdata}")
-        run([self.pgbin / "initdb", "-D", self.pgdata, "-A", "trust", "-E", "UTF8",
-             "--locale=C", "-U", "postgres"], stdout=subprocess.DEVNULL)
-        with open(self.pgdata / "postgresql.conf", "a") as f:
-            f.write(f"""
+        initdb(self.pgbin, self.pgdata, self.port, self.sockdir, """\
 # walkeeper live bench: fsync, synchronous_commit, max_wal_size, shared_buffers
 # are PostgreSQL's defaults
-listen_addresses = ''
-port = {self.port}
-unix_socket_directories = '{self.sockdir}'
-wal_level = replica
-archive_mode = on
 archive_command = 'true'
 """)
         self.start()
@@ -559,7 +533,7 @@ def one_variant(c: Cluster, name: str, rnd: int, a, wk: list[str], pgbin: Path,
     r["other_cpu_share"] = round(max(busy - ours, 0) / total, 3)
     r["backlog_max"] = max((n for _, n in backlog.samples), default=0)
     r["backlog_samples"] = backlog.samples
-    size, files = du(dest)
+    size, files = du_files(dest)
     r["stored_bytes"], r["stored_files"] = size, files
     if r["failed_archive_commands"]:
         r["last_failed_wal"] = after["last_failed_wal"]
@@ -756,9 +730,7 @@ def main(argv=None) -> int:
     text = summarize(res)
     res["summary"] = text
     name = time.strftime("live-%Y%m%dT%H%M%S.json")
-    for d in filter(None, [str(work / "results"), a.out_dir]):
-        os.makedirs(d, exist_ok=True)
-        Path(d, name).write_text(json.dumps(res, indent=1) + "\n")
+    save_json(res, name, [str(work / "results"), a.out_dir])
     print(f"pgbench -c {a.clients} -j {a.jobs} -T {a.duration}, scale {a.scale}, "
           f"{a.rounds} round(s), {os.cpu_count()} CPUs, load {res['loadavg_at_start'][0]:.2f} "
           f"at start, {res['loadavg_at_end'][0]:.2f} at the end; JSON {name}")

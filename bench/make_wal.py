@@ -19,7 +19,6 @@ Standard library only.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -30,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import free_port, run
+from benchlib import free_port, initdb, pg_env, run, sha256
 
 PGBIN_DEFAULT = "/usr/lib/postgresql/15/bin"
 SEG_SIZE = 16 * 1024 * 1024
@@ -42,14 +41,6 @@ def log(msg: str) -> None:
 
 
 
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def controldata(pgbin: Path, pgdata: Path) -> dict[str, str]:
@@ -90,16 +81,8 @@ def make(out: Path, count: int, scale: int, pgbin: Path) -> None:
     sockdir = Path(tempfile.mkdtemp(prefix="wkb", dir="/tmp"))  # short: socket path limit
     port = free_port()
     log(f"initdb {pgdata}")
-    run([pgbin / "initdb", "-D", pgdata, "-A", "trust", "-E", "UTF8", "--locale=C",
-         "-U", "postgres"], stdout=subprocess.DEVNULL)
-    with open(pgdata / "postgresql.conf", "a") as f:
-        f.write(f"""
+    initdb(pgbin, pgdata, port, sockdir, f"""\
 # walkeeper bench
-listen_addresses = ''
-port = {port}
-unix_socket_directories = '{sockdir}'
-wal_level = replica
-archive_mode = on
 archive_command = 'cp %p {archive}/%f'
 max_wal_size = 4GB
 min_wal_size = 1GB
@@ -108,8 +91,7 @@ fsync = on
 synchronous_commit = off   # WAL volume is what matters here, not commit latency
 full_page_writes = on
 """)
-    env = {**os.environ, "PGHOST": str(sockdir), "PGPORT": str(port),
-           "PGUSER": "postgres", "PGDATABASE": "postgres"}
+    env = pg_env(sockdir, port)
     log(f"start cluster (port {port}, socket {sockdir})")
     run([pgbin / "pg_ctl", "-D", pgdata, "-l", out / "postgres.log", "-w", "start"],
         env=env, stdout=subprocess.DEVNULL)

@@ -35,8 +35,6 @@ leaves it).
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import re
 import shlex
@@ -48,7 +46,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchlib import free_port, run
+from benchlib import du, free_port, initdb, loadavg, pg_env, run, save_json, sha256
 
 PGBIN_DEFAULT = "/usr/lib/postgresql/15/bin"
 CLUSTER = "mem"
@@ -58,29 +56,6 @@ BARS_MB = {16: 80, 1024: 120}
 
 def log(msg: str) -> None:
     print(f"[memory] {msg}", file=sys.stderr, flush=True)
-
-
-def loadavg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def du(path: Path) -> int:
-    total = 0
-    for root, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(root, f)).st_size
-            except OSError:
-                pass
-    return total
 
 
 TIME = "/usr/bin/time"
@@ -163,23 +138,14 @@ def make_wal(work: Path, seg_mb: int, pgbin: Path, need: int) -> tuple[Path, lis
     pgdata = work / "pgdata"
     sockdir = Path(tempfile.mkdtemp(prefix="wkm", dir="/tmp"))
     port = free_port()
-    env = {**os.environ, "PGHOST": str(sockdir), "PGPORT": str(port),
-           "PGUSER": "postgres", "PGDATABASE": "postgres"}
+    env = pg_env(sockdir, port)
     log(f"initdb --wal-segsize={seg_mb} {pgdata}")
-    run([pgbin / "initdb", "-D", pgdata, "-A", "trust", "-E", "UTF8", "--locale=C",
-         "-U", "postgres", f"--wal-segsize={seg_mb}"], stdout=subprocess.DEVNULL)
-    with open(pgdata / "postgresql.conf", "a") as f:
-        f.write(f"""
+    initdb(pgbin, pgdata, port, sockdir, f"""\
 # walkeeper memory bench: empty archive_command, completed segments stay .ready
-listen_addresses = ''
-port = {port}
-unix_socket_directories = '{sockdir}'
-wal_level = replica
-archive_mode = on
 archive_command = ''
 max_wal_size = {max(4 * seg_mb, 1024)}MB
 min_wal_size = {2 * seg_mb}MB
-""")
+""", f"--wal-segsize={seg_mb}")
     status = pgdata / "pg_wal" / "archive_status"
     seg_size = seg_mb << 20
 
@@ -394,9 +360,7 @@ def main(argv=None) -> int:
     text = summarize(res)
     res["summary"] = text
     name = time.strftime("memory-%Y%m%dT%H%M%S.json")
-    for d in filter(None, [str(work / "results"), a.out_dir]):
-        os.makedirs(d, exist_ok=True)
-        Path(d, name).write_text(json.dumps(res, indent=1) + "\n")
+    save_json(res, name, [str(work / "results"), a.out_dir])
     print(f"{os.cpu_count()} CPUs, load {res['loadavg_at_start'][0]:.2f} at start, "
           f"{res['loadavg_at_end'][0]:.2f} at the end; JSON {name}")
     print(text)

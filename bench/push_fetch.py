@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import hashlib
 import json
 import os
 import platform
@@ -40,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import free_port
+from benchlib import free_port, sha256
 
 HERE = Path(__file__).resolve().parent
 SEG = 16 * 1024 * 1024
@@ -52,14 +51,6 @@ STARTUP_BAR = 8.0   # walkeeper push(stored)/fetch(missing) median / python -c p
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tree_bytes(d: Path) -> int:
