@@ -15,7 +15,7 @@ Restore (issue 4) of the newest walkeeper backup:
                                  the stored object), made once, outside the timing
     walkeeper recover --pgdata DIR --immediate                  bar: <= 1.3x tar -x
     and its pieces: `recover --dry-run` (start-up, catalog, plan), decode only
-    (stored object -> nothing: zstd + SHA-256), extract only (walkeeper.restore.extract
+    (stored object -> nothing: zstd + SHA-256), extract only (walkeeper.backups.recover.extract
     fed the plain tar: tarfile + writes); `zstd -d -c > /dev/null` for context.
 
 The cluster (WORK/pgdata, archiving with `walkeeper push` into WORK/store) is made on
@@ -393,9 +393,9 @@ def restore_rounds(c: Cluster, a, scratch: Path, results: dict) -> None:
         run(["zstd", "-d", "-q", "-c", obj], stdout=f)
     assert tar.stat().st_size == meta["files"][0]["size"], "base.tar size differs"
     py = a.python
-    decode_only = ("import sys; from walkeeper.objects import decode; "
+    decode_only = ("import sys; from walkeeper.format.objects import decode; "
                    "f = open(sys.argv[1], 'rb'); decode(f.read, None)")
-    extract_only = ("import sys, os; from walkeeper.restore import extract; "
+    extract_only = ("import sys, os; from walkeeper.backups.recover import extract; "
                     "os.mkdir(sys.argv[2], 0o700); f = open(sys.argv[1], 'rb'); "
                     "extract(f, sys.argv[2])")
     tools = ["tar -x", "walkeeper recover"]

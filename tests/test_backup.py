@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 
 from pgharness import PG_BIN
-from walkeeper import backup, config as config_mod, objects
+from walkeeper import config as config_mod
+from walkeeper.backups import basebackup as backup
+from walkeeper.format import objects
 from walkeeper.errors import OperationFailed
-from walkeeper.model import BackupInfo
+from walkeeper.catalog.model import BackupInfo
 from walkeeper.wal import parse_lsn
 
 
@@ -213,7 +215,7 @@ def test_unreachable_server_names_host_not_password(wk, tmp_path, tmp_short):
 
 # --------------------------------------------------------------------- faults
 
-RUN_BACKUP = ("import sys; from walkeeper import backup, config; "
+RUN_BACKUP = ("import sys; from walkeeper import config; from walkeeper.backups import basebackup as backup; "
               "backup.take_basebackup(config.load(sys.argv[1]), None, False)")
 
 

@@ -20,12 +20,12 @@ from hypothesis import given, settings, strategies as st
 from conftest import WALKEEPER, clean_env
 from walfiles import SYSID, segment_bytes, write_segment
 from walkeeper import config as config_mod
-from walkeeper.catalog import merge, read_archive, recoverable_windows, wal_ranges
+from walkeeper.catalog.reader import merge, read_archive, recoverable_windows, wal_ranges
 from walkeeper.config import StoreConfig
-from walkeeper.listing import list_data, render_text
-from walkeeper.model import ArchiveModel, BackupInfo, WalObject
+from walkeeper.reports.list import list_data, render_text
+from walkeeper.catalog.model import ArchiveModel, BackupInfo, WalObject
 from walkeeper.stores.local import LocalStore
-from walkeeper.stores.sftp import SftpStore
+from walkeeper.stores.sftp_client import SftpStore
 from walkeeper.wal import HistoryEntry, Segment, parse_lsn
 
 MiB = 1 << 20

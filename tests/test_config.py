@@ -335,7 +335,7 @@ def test_duplicate_store_names(write):
 
 
 def test_encryption_section(write):
-    from walkeeper.crypto import Keyring
+    from walkeeper.format.crypto import Keyring
 
     cfg = config.load(write(FULL_TOML + '\n[encryption]\npassphrase_env = "WK_PASS"\n'),
                       env={"WK_PASS": "s3cret"})

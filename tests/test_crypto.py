@@ -14,10 +14,11 @@ import os
 
 import pytest
 
-from walkeeper import crypto, objects
-from walkeeper.crypto import PREAMBLE_SIZE, SEAL_CHUNK, TAG_SIZE, KeyMismatch, Keyring
+from walkeeper.format import crypto
+from walkeeper.format import objects
+from walkeeper.format.crypto import PREAMBLE_SIZE, SEAL_CHUNK, TAG_SIZE, KeyMismatch, Keyring
 from walkeeper.errors import ConfigError, CorruptObject
-from walkeeper.objects import CHUNK, HEADER_SIZE, TRAILER_SIZE, Encoder, decode
+from walkeeper.format.objects import CHUNK, HEADER_SIZE, TRAILER_SIZE, Encoder, decode
 from walkeeper.stores.local import LocalStore
 
 MiB = 1 << 20

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from pgharness import PG_BIN
-from walkeeper import config as config_mod, dump
+from walkeeper import config as config_mod
+from walkeeper.backups import dump
 from walkeeper.errors import OperationFailed
 from walkeeper.stores.local import LocalStore
 

@@ -23,9 +23,9 @@ from pgharness import PG_BIN
 from sshharness import SSHD, SshServer
 from test_recover import mark, rows, wait_recovered
 from walfiles import write_segment
-from walkeeper import objects
-from walkeeper.crypto import PREAMBLE_SIZE, SEAL_CHUNK, TAG_SIZE
-from walkeeper.objects import HEADER_SIZE, TRAILER_SIZE
+from walkeeper.format import objects
+from walkeeper.format.crypto import PREAMBLE_SIZE, SEAL_CHUNK, TAG_SIZE
+from walkeeper.format.objects import HEADER_SIZE, TRAILER_SIZE
 
 PASS_VAR = "WK_TEST_PASSPHRASE"
 PASSPHRASE = "wk-test-passphrase-" + os.urandom(8).hex()

@@ -17,9 +17,9 @@ import subprocess
 import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from walkeeper import objects
+from walkeeper.format import layout, objects
 from walkeeper.errors import CorruptObject
-from walkeeper.objects import (
+from walkeeper.format.objects import (
     CHUNK, HEADER_SIZE, SKIPPABLE_MAGIC, TRAILER_SIZE, Encoder, Trailer, decode,
 )
 
@@ -137,7 +137,7 @@ def test_decode_without_writer_still_verifies(codec):
 
 @pytest.mark.parametrize("codec", CODECS)
 def test_object_name(codec):
-    name = objects.object_name("000000010000000000000001", codec)
+    name = layout.object_name("000000010000000000000001", codec)
     assert name == "000000010000000000000001" + {"zstd": ".zst", "none": ".raw"}[codec]
 
 
@@ -165,7 +165,7 @@ ZSTD = shutil.which("zstd")
 def test_stock_zstd_cli_decodes_object(tmp_path, size):
     data = mixed_bytes(size)
     obj, _ = encode(data, "zstd", size_hint=size if size > 4 * MiB else None)
-    path = tmp_path / objects.object_name("000000010000000000000001", "zstd")
+    path = tmp_path / layout.object_name("000000010000000000000001", "zstd")
     path.write_bytes(obj)
     proc = subprocess.run([ZSTD, "-q", "-d", "-c", str(path)], capture_output=True)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
@@ -581,7 +581,7 @@ def test_without_the_body_checksum_other_objects_are_checked_as_before(size):
 def test_without_the_body_checksum_encrypted_objects_keep_every_check():
     from test_crypto import KEY, RING, keyring, seal
 
-    from walkeeper.crypto import KeyMismatch
+    from walkeeper.format.crypto import KeyMismatch
 
     data = mixed_bytes(2 * CHUNK + 9)
     obj = seal(data, KEY)

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from walkeeper.errors import OperationFailed
-from walkeeper.model import ArchiveModel, BackupFile, BackupInfo, WalObject
-from walkeeper.planner import PlanRefused, RecoveryPlan, Target, plan, recoverable_windows
+from walkeeper.catalog.model import ArchiveModel, BackupFile, BackupInfo, WalObject
+from walkeeper.catalog.planner import PlanRefused, RecoveryPlan, Target, plan, recoverable_windows
 from walkeeper.wal import HistoryEntry, Segment, format_lsn
 
 MiB = 1 << 20

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from walfiles import segment_bytes, write_segment
-from walkeeper.prefetch import boot_tag
+from walkeeper.archiving.prefetcher import boot_tag
 from walkeeper.wal import Segment
 
 FIRST = "000000010000000000000020"

@@ -245,7 +245,7 @@ def test_extract_reads_ustar_in_any_read_sizes(tmp_path):
     import os
     import tarfile
 
-    from walkeeper.restore import extract
+    from walkeeper.backups.recover import extract
 
     big = os.urandom(3 * (1 << 20) + 123)
 
@@ -284,7 +284,7 @@ def test_extract_refuses_what_it_does_not_restore(tmp_path, case):
     import tarfile
 
     from walkeeper.errors import OperationFailed
-    from walkeeper.restore import extract
+    from walkeeper.backups.recover import extract
 
     fmt = tarfile.PAX_FORMAT if case == "pax" else tarfile.USTAR_FORMAT
 

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from walkeeper.model import ArchiveModel, BackupInfo, WalObject
-from walkeeper.retention import (
+from walkeeper.catalog.model import ArchiveModel, BackupInfo, WalObject
+from walkeeper.catalog.retention import (
     COUNTS, cut_segments, period_label, select, select_dumps, wal_cut, wal_to_delete,
 )
 from walkeeper.wal import Segment

@@ -19,8 +19,8 @@ import pytest
 from conftest import WALKEEPER, clean_env
 from pgharness import PG_BIN
 from sshharness import SSHD, SshServer
-from walkeeper import status as status_mod
-from walkeeper import status_writers
+from walkeeper.reports import status as status_mod
+from walkeeper.reports import writers as status_writers
 
 World = namedtuple("World", "tmp wk sshd cluster cfg backup last_wal drill")
 
@@ -302,7 +302,7 @@ def test_empty_archive_renders_in_every_format(tmp_path):
 
 
 def test_dashboard_draws_gaps_timelines_and_unreachable_stores():
-    from walkeeper.dashboard import render
+    from walkeeper.reports.dashboard import render
 
     def t(h):
         return (datetime(2026, 11, 24, 12, tzinfo=timezone.utc) - timedelta(hours=h)).isoformat()

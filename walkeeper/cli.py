@@ -67,18 +67,18 @@ def _run(command: str, target: str, config_path: str | None, fn) -> int:
 
 def _push(config_path, wal_path, wal_name) -> int:
     def go(cfg):
-        from walkeeper import archive
+        from walkeeper.archiving import push as pushing
 
-        archive.push(cfg, wal_path, wal_name)
+        pushing.push(cfg, wal_path, wal_name)
 
     return _run("push", wal_name, config_path, go)
 
 
 def _fetch(config_path, wal_name, dest) -> int:
     def go(cfg):
-        from walkeeper import archive
+        from walkeeper.archiving import fetch as fetching
 
-        archive.fetch(cfg, wal_name, dest)
+        fetching.fetch(cfg, wal_name, dest)
 
     return _run("fetch", wal_name, config_path, go)
 
@@ -182,7 +182,7 @@ def _click_main(argv: list[str]) -> int:
     def basebackup(label, progress, as_json):
         """Take a base backup with pg_basebackup into every store."""
         def go(cfg):
-            from walkeeper import backup
+            from walkeeper.backups import basebackup as backup
 
             show = sys.stderr.isatty() if progress is None else progress
             info = backup.take_basebackup(cfg, label, show and log.level > log.QUIET)
@@ -199,7 +199,7 @@ def _click_main(argv: list[str]) -> int:
     def list_(as_json):
         """Base backups, dumps, and WAL ranges per timeline with any gaps."""
         def go(cfg):
-            from walkeeper import listing
+            from walkeeper.reports import list as listing
 
             data = listing.list_data(cfg)
             if as_json:
@@ -242,7 +242,8 @@ def _click_main(argv: list[str]) -> int:
                                    f"current or a timeline number")
 
         def go(cfg):
-            from walkeeper import planner, restore
+            from walkeeper.catalog import planner
+            from walkeeper.backups import recover as restore
 
             kind, value = chosen[0]
             try:
@@ -270,7 +271,7 @@ def _click_main(argv: list[str]) -> int:
     def dump(database, as_json):
         """Logical backup of one database with pg_dump (custom format)."""
         def go(cfg):
-            from walkeeper import dump as dump_mod
+            from walkeeper.backups import dump as dump_mod
 
             info = dump_mod.take_dump(cfg, database)
             if as_json:
@@ -286,7 +287,7 @@ def _click_main(argv: list[str]) -> int:
     def restore_dump(dump_id, database, clean):
         """Verify a dump's checksum, then pg_restore it into DB."""
         def go(cfg):
-            from walkeeper import dump as dump_mod
+            from walkeeper.backups import dump as dump_mod
 
             dump_mod.restore_dump(cfg, dump_id, database, clean)
             click.echo(f"dump {dump_id} restored into {database}")
@@ -298,7 +299,7 @@ def _click_main(argv: list[str]) -> int:
     def expire(dry_run, as_json):
         """Apply [retention]: delete old backups, dumps, and the WAL below the oldest kept."""
         def go(cfg):
-            from walkeeper import expire as expire_mod
+            from walkeeper.maintenance import expire as expire_mod
 
             result = expire_mod.expire(cfg, dry_run)
             if as_json:
@@ -329,7 +330,7 @@ def _click_main(argv: list[str]) -> int:
     def verify_chain(store_name, quick, as_json):
         """Check every object decodes and verifies, and the WAL chain has no gap."""
         def go(cfg):
-            from walkeeper import verify
+            from walkeeper.maintenance import verify_chain as verify
             from walkeeper.errors import OperationFailed
 
             show = sys.stderr.isatty() and log.level > log.QUIET
@@ -354,7 +355,7 @@ def _click_main(argv: list[str]) -> int:
     def drill(keep, as_json):
         """Restore test: restore the newest backup, start it, check it, stop it."""
         def go(cfg):
-            from walkeeper import drill as drill_mod
+            from walkeeper.backups import drill as drill_mod
 
             result = drill_mod.run_drill(cfg, keep)
             if as_json:
@@ -382,8 +383,8 @@ def _click_main(argv: list[str]) -> int:
             raise click.UsageError("give at most one of --json, --prometheus and --html")
 
         def go(cfg):
-            from walkeeper import status as status_mod
-            from walkeeper.status_writers import WRITERS, write_atomic
+            from walkeeper.reports import status as status_mod
+            from walkeeper.reports.writers import WRITERS, write_atomic
 
             data = status_mod.collect(cfg)
             if html_file:
@@ -401,7 +402,7 @@ def _click_main(argv: list[str]) -> int:
     def check(timeout, as_json):
         """End-to-end check: config, stores, PostgreSQL settings, a WAL switch archived."""
         def go(cfg):
-            from walkeeper import check as check_mod
+            from walkeeper.maintenance import check as check_mod
             from walkeeper.errors import OperationFailed
 
             def show(c):

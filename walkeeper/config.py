@@ -11,16 +11,10 @@ from __future__ import annotations
 import os
 
 from walkeeper.errors import ConfigError
-from walkeeper.record import record
+from walkeeper.settings import Setting, coerce as _coerce
+from walkeeper.stores.registry import StoreConfig, known, store_type
 
 DEFAULT_PATH = "/etc/walkeeper/walkeeper.toml"
-
-
-# Named tuples, not dataclasses: push reads the configuration once per WAL segment
-# and importing dataclasses costs it ~8 ms of start-up.
-#   key: dotted section.name (store.name for [[stores]] keys); kind: str or int
-Setting = record("Setting", "key kind default doc env choices minimum maximum",
-                     defaults=((), (), None, None))
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -59,26 +53,19 @@ SETTINGS: tuple[Setting, ...] = (
             "encrypt with instead of a passphrase"),
 )
 
+# Keys every [[stores]] table has; each store type declares the rest (stores/<type>.py).
 STORE_SETTINGS: tuple[Setting, ...] = (
     Setting("store.name", str, None, "unique name of the store"),
-    Setting("store.type", str, None, "kind of store", choices=("local", "sftp")),
-    Setting("store.path", str, None, "local: directory of the store"),
-    Setting("store.host", str, None, "sftp: server host name"),
-    Setting("store.port", int, 22, "sftp: server port", minimum=1, maximum=65535),
-    Setting("store.user", str, None, "sftp: user name"),
-    Setting("store.key_file", str, "", "sftp: private key file (0600)"),
-    Setting("store.key_passphrase_env", str, "", "sftp: variable holding the key's passphrase"),
-    Setting("store.password_env", str, "", "sftp: variable holding the password"),
-    Setting("store.directory", str, "/backups", "sftp: remote directory of the store"),
-    Setting("store.known_hosts", str, "~/.ssh/known_hosts", "sftp: known_hosts file; "
-            "an unknown host key is refused"),
-    Setting("store.timeout", int, 30, "sftp: seconds for connect and for each I/O", minimum=1),
-    Setting("store.retries", int, 3, "attempts on transient errors, with backoff", minimum=1,
-            maximum=10),
+    Setting("store.type", str, None, "kind of store: local, sftp, s3 (one section each below)"),
 )
 
+# The variables that configure walkeeper without a file (besides SETTINGS' own env):
+# recover hands the non-secret ones to the restore_command it writes.
+ENV_STORE_VARIABLES = ("BACKUP_DIR", "BACKUP_SFTP_ENABLED", "BACKUP_SFTP_HOST",
+                       "BACKUP_SFTP_PORT", "BACKUP_SFTP_USER", "BACKUP_SFTP_DIRECTORY",
+                       "BACKUP_SFTP_KEY_FILE", "BACKUP_SFTP_KNOWN_HOSTS")
+
 _BY_KEY = {s.key: s for s in SETTINGS}
-_STORE_BY_KEY = {s.key.split(".", 1)[1]: s for s in STORE_SETTINGS}
 _SECTIONS = {k.split(".")[0] for k in _BY_KEY if "." in k}
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
@@ -88,12 +75,6 @@ def _valid_name(name: str) -> bool:
     digit; at most 64 characters (string methods: `re` costs push ~2 ms of start-up)."""
     return (0 < len(name) <= 64 and all(c in _NAME_CHARS for c in name)
             and name[0] not in "_.-")
-
-
-StoreConfig = record(
-    "StoreConfig", "name type path host port user key_file key_passphrase_env password_env "
-                   "directory known_hosts timeout retries",
-    defaults=("", "", 22, "", "", "", "", "/backups", "~/.ssh/known_hosts", 30, 3))
 
 
 class Config:
@@ -130,7 +111,7 @@ class Config:
         if not self.encrypted:
             return None
         if self._keyring is None:
-            from walkeeper.crypto import Keyring
+            from walkeeper.format.crypto import Keyring
 
             self._keyring = Keyring(self.values["encryption.passphrase_env"],
                                     self.values["encryption.key_file"], self.env,
@@ -140,25 +121,6 @@ class Config:
 
 def _where(path: str | None, key: str) -> str:
     return f"config {path}: {key}" if path else f"configuration: {key}"
-
-
-def _coerce(s: Setting, value: object, where: str) -> object:
-    if s.kind is int:
-        if isinstance(value, str):
-            try:
-                value = int(value.strip())
-            except ValueError:
-                raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        if s.minimum is not None and value < s.minimum or s.maximum is not None and value > s.maximum:
-            raise ConfigError(f"{where}: {value} is out of range [{s.minimum}, {s.maximum}]")
-    elif s.kind is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-    if s.choices and value not in s.choices:
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, s.choices))}")
-    return value
 
 
 def _flatten(data: dict, path: str | None) -> dict:
@@ -180,27 +142,34 @@ def _flatten(data: dict, path: str | None) -> dict:
 def _store_from(raw: dict, index: int, path: str | None) -> StoreConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{_where(path, f'stores[{index}]')}: expected a table ([[stores]])")
+    where = _where(path, f"stores[{index}]")
+    for k in ("name", "type"):
+        if not raw.get(k) or not isinstance(raw[k], str):
+            raise ConfigError(f"{where}.{k}: missing; every store needs a name and a type "
+                              f"({', '.join(known())})")
+    if not _valid_name(raw["name"]):
+        raise ConfigError(f"{where}.name: {raw['name']!r} must be letters, digits, '.', '_' "
+                          f"or '-'")
+    try:
+        t = store_type(raw["type"])
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.type: {exc}") from None
+    rows = {s.key.split(".", 1)[1]: s for s in t.settings}
     out: dict = {}
     for k, v in raw.items():
-        s = _STORE_BY_KEY.get(k)
+        if k in ("name", "type"):
+            continue
+        s = rows.get(k)
         if s is None:
-            raise ConfigError(f"{_where(path, f'stores[{index}].{k}')}: unknown store setting")
-        out[k] = _coerce(s, v, _where(path, f"stores[{index}].{k}"))
-    for k in ("name", "type"):
+            raise ConfigError(f"{where}.{k}: unknown setting for a {t.name} store; see "
+                              f"docs/configuration.md")
+        out[k] = _coerce(s, v, f"{where}.{k}")
+    for k in t.required:
         if not out.get(k):
-            raise ConfigError(f"{_where(path, f'stores[{index}].{k}')}: missing; every store "
-                              f"needs a name and a type (local or sftp)")
-    need = ("path",) if out["type"] == "local" else ("host", "user")
-    for k in need:
-        if not out.get(k):
-            raise ConfigError(f"{_where(path, f'stores[{index}].{k}')}: missing for a "
-                              f"{out['type']} store")
-    if not _valid_name(out["name"]):
-        raise ConfigError(f"{_where(path, f'stores[{index}].name')}: {out['name']!r} must be "
-                          f"letters, digits, '.', '_' or '-'")
-    if out["type"] == "local" and not os.path.isabs(os.path.expanduser(out["path"])):
-        raise ConfigError(f"{_where(path, f'stores[{index}].path')}: must be an absolute path")
-    return StoreConfig(**out)
+            raise ConfigError(f"{where}.{k}: missing for a {t.name} store")
+    if t.validate:
+        t.validate(out, where)
+    return StoreConfig(raw["name"], t.name, **out)
 
 
 def _env_stores(env: dict[str, str]) -> list[StoreConfig]:
@@ -209,15 +178,18 @@ def _env_stores(env: dict[str, str]) -> list[StoreConfig]:
         d = env["BACKUP_DIR"]
         if not os.path.isabs(d):
             raise ConfigError(f"BACKUP_DIR={d!r}: must be an absolute path")
-        stores.append(StoreConfig(name="local", type="local", path=d))
-    if env.get("BACKUP_SFTP_ENABLED", "").strip().lower() in ("true", "1", "yes", "on"):
+        stores.append(StoreConfig("local", "local", path=d))
+    enabled = _coerce(Setting("BACKUP_SFTP_ENABLED", bool, False, ""),
+                      env.get("BACKUP_SFTP_ENABLED", ""), "environment BACKUP_SFTP_ENABLED")
+    if enabled:
         missing = [v for v in ("BACKUP_SFTP_HOST", "BACKUP_SFTP_USER") if not env.get(v)]
         if missing:
             raise ConfigError(f"BACKUP_SFTP_ENABLED is set but {', '.join(missing)} is not")
         where = "BACKUP_SFTP_PORT"
-        port = _coerce(_STORE_BY_KEY["port"], env.get("BACKUP_SFTP_PORT", "22"), where)
+        port_row = next(s for s in store_type("sftp").settings if s.key == "store.port")
+        port = _coerce(port_row, env.get("BACKUP_SFTP_PORT", "22"), where)
         stores.append(StoreConfig(
-            name="sftp", type="sftp", host=env["BACKUP_SFTP_HOST"], port=port,
+            "sftp", "sftp", host=env["BACKUP_SFTP_HOST"], port=port,
             user=env["BACKUP_SFTP_USER"],
             password_env="BACKUP_SFTP_PASSWORD" if env.get("BACKUP_SFTP_PASSWORD") else "",
             key_file=env.get("BACKUP_SFTP_KEY_FILE", ""),
@@ -337,6 +309,12 @@ def reference_markdown() -> str:
     lines += ["", "## `[[stores]]`", "", "| key | type | default | environment | meaning |",
               "|---|---|---|---|---|"]
     lines += [row(s, s.key.split(".", 1)[1]) for s in STORE_SETTINGS]
+    for name in known():
+        t = store_type(name)
+        lines += ["", f"### `type = \"{name}\"`", "",
+                  "| key | type | default | environment | meaning |", "|---|---|---|---|---|"]
+        lines += [row(s._replace(doc="required; " + s.doc) if s.key[6:] in t.required else s,
+                      s.key.split(".", 1)[1]) for s in t.settings]
     lines += ["", "## Environment only", "",
               "With no `[[stores]]` in the file, stores come from the environment:", "",
               "- `BACKUP_DIR`: a local store named `local` at this absolute path.",

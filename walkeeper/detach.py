@@ -1,5 +1,5 @@
-"""Detached workers: the background pusher (readahead.py) and the prefetcher
-(prefetch.py) run in a child that push or fetch forks and leaves behind.
+"""Detached workers: the background pusher (archiving/pusher.py) and the prefetcher
+(archiving/prefetcher.py) run in a child that push or fetch forks and leaves behind.
 
 The child holds the worker's lock file (an flock, so one worker per cluster), leaves
 PostgreSQL's process group and pipes (the archiver and the startup process wait on

@@ -10,9 +10,11 @@ from __future__ import annotations
 import errno
 import os
 
-from walkeeper.errors import ObjectExists, ObjectNotFound, StoreError
-from walkeeper.layout import check_key, temp_key
+from walkeeper.errors import ConfigError, ObjectExists, ObjectNotFound, StoreError
+from walkeeper.format.layout import check_key, temp_key
+from walkeeper.settings import Setting
 from walkeeper.stores.base import Entry
+from walkeeper.stores.registry import StoreType
 
 _O_BINARY = getattr(os, "O_BINARY", 0)
 
@@ -111,6 +113,7 @@ def _entries(it) -> list[Entry]:
 
 class LocalStore:
     keyring = None    # set by stores.open_store
+
     def __init__(self, name: str, path: str):
         self.name = name
         self.root = os.path.abspath(os.path.expanduser(path))
@@ -218,3 +221,21 @@ class LocalStore:
 
     def close(self) -> None:
         pass
+
+
+def _validate(values: dict, where: str) -> None:
+    if not os.path.isabs(os.path.expanduser(values["path"])):
+        raise ConfigError(f"{where}.path: must be an absolute path")
+
+
+STORE_TYPE = StoreType(
+    name="local",
+    factory=lambda cfg: LocalStore(cfg.name, cfg.path),
+    settings=(Setting("store.path", str, None, "local: directory of the store (absolute)"),),
+    required=("path",),
+    location=lambda cfg: os.path.abspath(os.path.expanduser(cfg.path)),
+    shared=True,
+    fix=lambda cfg: f"check that {cfg.path} exists (or can be created) and is writable by "
+                    f"this user",
+    validate=_validate,
+)

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from html import escape
 
 from walkeeper.log import human_bytes
-from walkeeper.status import parse_time as _t
+from walkeeper.reports.status import parse_time as _t
 
 WIDTH = 1180            # drawing width of the charts, in SVG units
 LABEL = 90              # left margin for row labels

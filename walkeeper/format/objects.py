@@ -32,7 +32,6 @@ READABLE_VERSIONS = (1, 2)
 SKIPPABLE_MAGIC = 0x184D2A50
 CODECS = {"none": 0, "zstd": 1}
 CODEC_NAMES = {v: k for k, v in CODECS.items()}
-SUFFIX = {"none": ".raw", "zstd": ".zst"}
 CIPHER_NONE = 0
 CIPHER_AES256GCM = 1
 
@@ -55,10 +54,6 @@ class Trailer(record("Trailer", "original_size body_size sha256 version",
 
 
 Header = record("Header", "version codec cipher")
-
-
-def object_name(name: str, codec: str) -> str:
-    return name + SUFFIX[codec]
 
 
 def pack_header(codec: str, cipher: int = CIPHER_NONE, version: int = FORMAT_VERSION) -> bytes:
@@ -273,7 +268,7 @@ class ObjectReader:
                                         "header")
                 raise ConfigError("this object is encrypted and no [encryption] key is "
                                   "configured; add the archive's passphrase_env or key_file")
-            from walkeeper.crypto import KeyMismatch
+            from walkeeper.format.crypto import KeyMismatch
 
             try:
                 source = keyring.opener(source, pack_header(head.codec, head.cipher, head.version))

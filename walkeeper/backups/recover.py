@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from walkeeper import log
 from walkeeper.config import Config
 from walkeeper.errors import CorruptObject, ObjectNotFound, OperationFailed, StoreError, UsageError
-from walkeeper.objects import CHUNK, ThreadedObjectReader
+from walkeeper.format.objects import CHUNK, ThreadedObjectReader
 from walkeeper.stores import open_stores
 
 RECOVERY_KEYS = ("restore_command", "recovery_target", "recovery_target_time",
@@ -190,9 +190,9 @@ def restore_command(config: Config) -> str:
     else:
         # Environment-only configuration: carry the non-secret variables along;
         # secrets must come from the server's own environment.
-        for var in ("BACKUP_DIR", "BACKUP_SFTP_ENABLED", "BACKUP_SFTP_HOST", "BACKUP_SFTP_PORT",
-                    "BACKUP_SFTP_USER", "BACKUP_SFTP_DIRECTORY", "BACKUP_SFTP_KEY_FILE",
-                    "BACKUP_SFTP_KNOWN_HOSTS", "WALKEEPER_CLUSTER", "WALKEEPER_STATE_DIR"):
+        from walkeeper.config import ENV_STORE_VARIABLES
+
+        for var in ENV_STORE_VARIABLES + ("WALKEEPER_CLUSTER", "WALKEEPER_STATE_DIR"):
             if os.environ.get(var):
                 prefix.append(f"{var}={shlex.quote(os.environ[var])}")
     return " ".join(prefix + [shlex.quote(c) for c in cmd] + ["fetch", "%f", "%p"])
@@ -244,7 +244,8 @@ def write_recovery_settings(pgdata: str, pg_version: int, settings: list[tuple[s
 def recover(config: Config, pgdata: str, target, options: RecoveryOptions,
             backup_id: str | None = None, dry_run: bool = False):
     """Plan the recovery to `target`; unless dry_run, restore and configure pgdata."""
-    from walkeeper import catalog, planner
+    from walkeeper.catalog import reader as catalog
+    from walkeeper.catalog import planner
 
     pgdata = os.path.abspath(pgdata)
     check_target_dir(pgdata)

@@ -28,13 +28,13 @@ from walkeeper import log, pg, state
 from walkeeper.config import Config
 from walkeeper.errors import (CorruptObject, ObjectNotFound, OperationFailed, StoreError,
                               UsageError)
-from walkeeper.layout import (backup_file_key, backup_meta_key, backups_dir,
+from walkeeper.format.layout import (backup_file_key, backup_meta_key, backups_dir,
                               identity_key, wal_dir, wal_keys)
-from walkeeper.model import BackupFile, BackupInfo
-from walkeeper.objects import CHUNK, HEADER_SIZE, TRAILER_SIZE, Trailer, decode
-from walkeeper.crypto import writer_key
+from walkeeper.catalog.model import BackupFile, BackupInfo
+from walkeeper.format.objects import CHUNK, HEADER_SIZE, TRAILER_SIZE, Trailer, decode
+from walkeeper.format.crypto import writer_key
 from walkeeper.stores import open_stores
-from walkeeper.transfer import put_stream
+from walkeeper.archiving.transfer import put_stream
 from walkeeper.wal import Segment, format_lsn, parse_lsn, parse_wal_name
 
 WAL_WAIT = 60.0           # seconds for the backup's WAL to show up in every store
@@ -253,7 +253,7 @@ def write_metadata(stores: list, key: str, doc: dict, seal=None) -> None:
     stored object, since labels, database names and sizes describe the content."""
     data = (json.dumps(doc, indent=2) + "\n").encode()
     if seal is not None:
-        from walkeeper.objects import encode_bytes
+        from walkeeper.format.objects import encode_bytes
 
         data = encode_bytes(data, "zstd", seal)
     failed = []

@@ -24,13 +24,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from walkeeper import log, state
-from walkeeper.catalog import merge, read_archive
+from walkeeper.catalog.reader import merge, read_archive
 from walkeeper.config import Config
 from walkeeper.errors import OperationFailed, StoreError
-from walkeeper.layout import BACKUP_META, DUMP_META, backup_dir, backup_meta_key, dump_dir, \
+from walkeeper.format.layout import BACKUP_META, DUMP_META, backup_dir, backup_meta_key, dump_dir, \
     dump_meta_key
-from walkeeper.listing import read_dumps
-from walkeeper.retention import COUNTS, cut_segments, select, select_dumps, utc, wal_to_delete
+from walkeeper.reports.list import read_dumps
+from walkeeper.catalog.retention import COUNTS, cut_segments, select, select_dumps, utc, wal_to_delete
 from walkeeper.stores import open_stores
 
 # An incomplete backup directory untouched this long is not a basebackup at work.

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from walkeeper.model import ArchiveModel, BackupInfo, WalObject
+from walkeeper.catalog.model import ArchiveModel, BackupInfo, WalObject
 from walkeeper.wal import Segment, WalKind, parse_wal_name
 
 PERIODS = ("daily", "weekly", "monthly", "yearly")

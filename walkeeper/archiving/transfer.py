@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable
 
 from walkeeper.errors import ObjectExists, StoreError
-from walkeeper.objects import Encoder, Trailer, decode
+from walkeeper.format.objects import Encoder, Trailer, decode
 
 
 class FanOut:

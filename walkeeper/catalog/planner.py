@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 
 from walkeeper.errors import OperationFailed
-from walkeeper.model import ArchiveModel, BackupInfo, WalObject
+from walkeeper.catalog.model import ArchiveModel, BackupInfo, WalObject
 from walkeeper.wal import (
     Segment, TimelineSpan, format_lsn, parse_lsn, timeline_of_point, timeline_path,
     valid_segment_size,

@@ -25,8 +25,8 @@ import time
 from walkeeper import log, pg, state
 from walkeeper.config import Config
 from walkeeper.errors import ConfigError, OperationFailed, StoreError, WalkeeperError
-from walkeeper.planner import Target
-from walkeeper.restore import RecoveryOptions, recover
+from walkeeper.catalog.planner import Target
+from walkeeper.backups.recover import RecoveryOptions, recover
 from walkeeper.wal import Segment, format_lsn, parse_lsn
 
 READY_TIMEOUT = 6 * 3600      # seconds of replay a drill may take before it is called stuck
@@ -121,7 +121,7 @@ def _first_line(exc: BaseException) -> str:
 def _newest_backup(config: Config):
     """The newest complete backup in any store (by stop LSN and time) and, per
     timeline, the newest segment the stores hold."""
-    from walkeeper.catalog import read_merged
+    from walkeeper.catalog.reader import read_merged
 
     archive = read_merged(config, "the drill", with_history=False)
     backups = archive.backups_by_stop()

@@ -24,15 +24,16 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 
 from walkeeper import state
-from walkeeper.catalog import merge, read_archive, recoverable_windows, runs
+from walkeeper.catalog.reader import merge, read_archive, recoverable_windows, runs
 from walkeeper.config import Config
 from walkeeper.errors import CorruptObject, ObjectNotFound, StoreError, UsageError
-from walkeeper.layout import BACKUP_META, backup_dir, is_temp
-from walkeeper.model import ArchiveModel
-from walkeeper.objects import CHUNK, HEADER_SIZE, SUFFIX, TRAILER_SIZE, ObjectReader, \
+from walkeeper.format.layout import BACKUP_META, backup_dir, is_temp, stored_name
+from walkeeper.catalog.model import ArchiveModel
+from walkeeper.format.objects import CHUNK, HEADER_SIZE, TRAILER_SIZE, ObjectReader, \
     unpack_trailer
 from walkeeper.record import record
 from walkeeper.stores import open_store
+from walkeeper.stores.registry import store_type
 from walkeeper.wal import LONG_PAGE_HEADER_SIZE, Segment, WalKind, check_segment_header, \
     parse_long_page_header, parse_wal_name
 
@@ -144,17 +145,11 @@ def _scan(config: Config, stores: list, report: Report) -> list[_Scan]:
     return scans
 
 
-def _object_name(entry: str) -> str | None:
-    for suffix in SUFFIX.values():
-        if entry.endswith(suffix):
-            return entry[:-len(suffix)]
-    return None
-
 
 def _list_items(store, cluster: str, scan: _Scan, report: Report) -> None:
     m = scan.model
     for e in store.list(f"{cluster}/wal"):
-        name = _object_name(e.name)
+        name = stored_name(e.name)
         if e.is_dir or is_temp(e.name) or name is None:
             continue
         try:
@@ -218,7 +213,7 @@ class _StorePool:
         self.lock = threading.Lock()
 
     def get(self, index: int):
-        if self.cfgs[index].type == "local":
+        if store_type(self.cfgs[index].type).shared:
             return self.stores[index]
         mine = getattr(self.local, "stores", None)
         if mine is None:

@@ -10,21 +10,19 @@ dump back into a file under state_dir, verified before pg_restore sees a byte.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from datetime import datetime, timezone
 
 from walkeeper import log, pg, state
-from walkeeper.backup import new_id, stored_size, stream_program, write_metadata
-from walkeeper.catalog import read_json
-from walkeeper.crypto import writer_key
+from walkeeper.backups.basebackup import new_id, stored_size, stream_program, write_metadata
+from walkeeper.catalog.reader import read_json
+from walkeeper.format.crypto import writer_key
 from walkeeper.config import Config
-from walkeeper.crypto import writer_key
 from walkeeper.errors import CorruptObject, ObjectNotFound, OperationFailed, StoreError
-from walkeeper.layout import dump_file_key, dump_meta_key, dumps_dir, is_temp
+from walkeeper.format.layout import dump_file_key, dump_meta_key, dumps_dir, is_temp
 from walkeeper.stores import open_store, open_stores
-from walkeeper.transfer import fetch_to_file
+from walkeeper.archiving.transfer import fetch_to_file
 
 _ID_RE = re.compile(r"^\d{8}T\d{6}Z(?:-\d+)?$")
 

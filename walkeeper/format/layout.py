@@ -12,13 +12,19 @@ listing. Temporary uploads are `.tmp-<token>-<final name>` beside their final na
 from __future__ import annotations
 
 import os
-import re
 
-from walkeeper.objects import SUFFIX
 from walkeeper.wal import WalKind, WalName
 
+# The codec of a stored object is told by its suffix (objects.CODECS).
+SUFFIX = {"none": ".raw", "zstd": ".zst"}
 TEMP_PREFIX = ".tmp-"
-_SAFE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+# String methods, not `re`: config loading (every push and fetch) imports this module
+# through the local store type, and `re` costs ~2 ms of their start-up.
+_SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
+def _safe_part(part: str) -> bool:
+    return bool(part) and part[0] not in ".-" and all(c in _SAFE_CHARS for c in part)
 
 
 def identity_key(cluster: str) -> str:
@@ -44,6 +50,20 @@ def wal_keys(cluster: str, wal: WalName, codec: str) -> list[str]:
     return [f"{d}/{wal.name}{SUFFIX[c]}" for c in order]
 
 
+def object_name(name: str, codec: str) -> str:
+    """The file name of `name` (a WAL file name, base.tar, ...) stored with `codec`."""
+    return name + SUFFIX[codec]
+
+
+def stored_name(basename: str) -> str | None:
+    """The name an object file stands for (its file name less the codec suffix), or
+    None for anything that is not a stored object."""
+    for suffix in SUFFIX.values():
+        if basename.endswith(suffix):
+            return basename[: -len(suffix)]
+    return None
+
+
 def temp_key(key: str) -> str:
     head, _, base = key.rpartition("/")
     name = f"{TEMP_PREFIX}{os.urandom(6).hex()}-{base}"
@@ -57,7 +77,7 @@ def is_temp(basename: str) -> bool:
 def check_key(key: str) -> str:
     """Refuse any key that could escape the store's directory."""
     parts = key.split("/")
-    if not key or any(not _SAFE_PART.match(p) and not is_temp(p) for p in parts) \
+    if not key or any(not _safe_part(p) and not is_temp(p) for p in parts) \
             or any(p in (".", "..") for p in parts):
         raise ValueError(f"refusing unsafe object name {key!r}")
     return key
@@ -74,7 +94,6 @@ def check_key(key: str) -> str:
 
 BACKUP_META = "backup.json"
 DUMP_META = "dump.json"
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 def backups_dir(cluster: str) -> str:
@@ -108,7 +127,7 @@ def dump_meta_key(cluster: str, dump_id: str) -> str:
 def dump_file_key(cluster: str, dump_id: str, database: str, codec: str) -> str:
     """A database name may hold any character; the key keeps the safe ones
     (dump.json records the real name)."""
-    safe = _UNSAFE.sub("_", database)
+    safe = "".join(c if c in _SAFE_CHARS else "_" for c in database)
     if not safe or not safe[0].isalnum():
         safe = "_" + safe
     return f"{dump_dir(cluster, dump_id)}/{safe}.dump{SUFFIX[codec]}"

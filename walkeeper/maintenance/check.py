@@ -15,7 +15,7 @@ import time
 
 from walkeeper.config import Config
 from walkeeper.errors import ConfigError, OperationFailed, StoreError
-from walkeeper.layout import wal_keys
+from walkeeper.format.layout import wal_keys
 from walkeeper.record import record
 from walkeeper.stores import open_store
 from walkeeper.wal import parse_wal_name
@@ -147,7 +147,7 @@ def _check_store(config: Config, cfg) -> Check:
 def _check_encryption(config: Config) -> Check:
     """The configured key against the archive's (crypto.writer_key: what push does
     before it writes), so that a wrong key shows here and not in the archiver."""
-    from walkeeper.crypto import writer_key
+    from walkeeper.format.crypto import writer_key
 
     stores = []
     try:
@@ -168,10 +168,9 @@ def _check_encryption(config: Config) -> Check:
 
 
 def _store_fix(cfg) -> str:
-    if cfg.type == "sftp":
-        return (f"check that the SFTP server {cfg.host}:{cfg.port} is up and reachable, that "
-                f"{cfg.user} can log in, and that {cfg.directory} is writable")
-    return f"check that {cfg.path} exists (or can be created) and is writable by this user"
+    from walkeeper.stores.registry import fix
+
+    return fix(cfg)
 
 
 # ---------------------------------------------------------------- PostgreSQL

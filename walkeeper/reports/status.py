@@ -18,11 +18,12 @@ import os
 from datetime import datetime, timedelta, timezone
 
 from walkeeper import state
-from walkeeper.catalog import merge, read_archive, recoverable_windows, runs, wal_ranges
+from walkeeper.catalog.reader import merge, read_archive, recoverable_windows, runs, wal_ranges
 from walkeeper.config import Config
 from walkeeper.errors import ConfigError, OperationFailed, StoreError
-from walkeeper.listing import read_dumps
+from walkeeper.reports.list import read_dumps
 from walkeeper.stores import open_store
+from walkeeper.stores.registry import location
 from walkeeper.wal import Segment, WalKind, parse_wal_name
 
 RECENT_FAILURES = timedelta(hours=24)
@@ -63,8 +64,7 @@ def collect(config: Config, now: datetime | None = None) -> dict:
 def _stores(config: Config) -> tuple[list[dict], list]:
     rows, models = [], []
     for cfg in config.stores:
-        where = cfg.path if cfg.type == "local" else \
-            f"{cfg.user}@{cfg.host}:{cfg.port}{cfg.directory}"
+        where = location(cfg)
         row = {"name": cfg.name, "type": cfg.type, "location": where, "reachable": False,
                "error": None,
                "backups": None, "bytes": None, "backup_bytes": None, "wal_bytes": None,

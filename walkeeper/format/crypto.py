@@ -349,7 +349,7 @@ def check_key(keyring: Keyring | None, stores: list, cluster: str) -> None:
     otherwise decrypt nothing (list on an archive of WAL only)."""
     if keyring is None:
         return
-    from walkeeper.layout import encryption_key
+    from walkeeper.format.layout import encryption_key
 
     for s in stores:
         try:
@@ -373,7 +373,7 @@ def writer_key(keyring: Keyring | None, stores: list, cluster: str) -> ArchiveKe
     """
     import json
 
-    from walkeeper.layout import encryption_key
+    from walkeeper.format.layout import encryption_key
 
     key = encryption_key(cluster)
     for _ in range(3):

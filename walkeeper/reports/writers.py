@@ -3,7 +3,7 @@
 WRITERS["text"] is the short dashboard for a terminal, "json" the `status --json`
 object, "prometheus" the text format for node_exporter's textfile collector (HELP and
 TYPE lines; a value that is unknown is left out, so absent() can alert on it), and
-"html" the self-contained page of walkeeper.dashboard.
+"html" the self-contained page of walkeeper.reports.dashboard.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 from walkeeper.errors import OperationFailed
 from walkeeper.log import human_bytes
-from walkeeper.status import RECENT_FAILURES, parse_time
+from walkeeper.reports.status import RECENT_FAILURES, parse_time
 
 
 def render_json(data: dict) -> str:
@@ -179,7 +179,7 @@ def render_prometheus(data: dict) -> str:
 
 
 def render_html(data: dict) -> str:
-    from walkeeper.dashboard import render
+    from walkeeper.reports.dashboard import render
 
     return render(data)
 

@@ -22,18 +22,18 @@ from datetime import datetime, timezone
 
 from walkeeper import log
 from walkeeper.errors import CorruptObject, ObjectNotFound, OperationFailed, StoreError
-from walkeeper.layout import BACKUP_META, backup_dir, backups_dir, identity_key, is_temp
-from walkeeper.model import ArchiveModel, BackupInfo, WalObject
+from walkeeper.format.layout import (BACKUP_META, backup_dir, backups_dir, identity_key, is_temp,
+                                     stored_name)
+from walkeeper.catalog.model import ArchiveModel, BackupInfo, WalObject
 # The only files an encrypted archive holds in clear: they say which system and which
 # key the archive belongs to, and hold nothing of the database's content.
 PLAIN_FILES = ("/identity.json", "/encryption.json")
-from walkeeper.objects import HEADER_SIZE, SKIPPABLE_MAGIC, SUFFIX, decode
+from walkeeper.format.objects import HEADER_SIZE, SKIPPABLE_MAGIC, decode
 from walkeeper.wal import DEFAULT_SEGMENT_SIZE, Segment, WalKind, format_lsn, parse_history, \
     parse_wal_name, valid_segment_size
 
 # History and metadata objects are a few hundred bytes; anything far larger is not one.
 SMALL_OBJECT_LIMIT = 1 << 20
-_SUFFIXES = tuple(SUFFIX.values())
 _HEX16 = frozenset("0123456789ABCDEF")
 
 
@@ -106,12 +106,6 @@ def _read_identity(store, cluster: str, model: ArchiveModel) -> None:
         model.unreadable[key] = f"identity damaged ({exc}); assuming 16 MiB segments"
 
 
-def _object_name(entry_name: str) -> str | None:
-    for suffix in _SUFFIXES:
-        if entry_name.endswith(suffix):
-            return entry_name[:-len(suffix)]
-    return None
-
 
 def _read_wal(store, cluster: str, model: ArchiveModel, with_history: bool) -> None:
     top = f"{cluster}/wal"
@@ -141,7 +135,7 @@ def _wal_entry(key: str, basename: str, model: ArchiveModel):
     if is_temp(basename):
         model.temporary.append(key)
         return None
-    name = _object_name(basename)
+    name = stored_name(basename)
     if name is None:
         return None
     try:

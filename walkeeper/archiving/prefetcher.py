@@ -238,7 +238,7 @@ class Prefetcher:
         from concurrent.futures import ThreadPoolExecutor
         import threading
 
-        from walkeeper.layout import wal_keys
+        from walkeeper.format.layout import wal_keys
         from walkeeper.stores import open_store
         from walkeeper.wal import parse_wal_name
 
@@ -333,7 +333,7 @@ class Prefetcher:
                 store.close()
 
     def _fetch_key(self, store, key: str, name: str, tmp: str, buffer: bytearray) -> bool:
-        from walkeeper.objects import ObjectReader
+        from walkeeper.format.objects import ObjectReader
 
         reader = store.open(key)
         path = os.path.join(self.dir, tmp)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from walkeeper.crypto import check_key
-from walkeeper.catalog import read_archive, read_json, merge, wal_ranges
+from walkeeper.format.crypto import check_key
+from walkeeper.catalog.reader import read_archive, read_json, merge, wal_ranges
 from walkeeper.errors import CorruptObject, ObjectNotFound, OperationFailed, StoreError
-from walkeeper.layout import DUMP_META, dump_dir, dump_meta_key, dumps_dir, is_temp
+from walkeeper.format.layout import DUMP_META, dump_dir, dump_meta_key, dumps_dir, is_temp
 from walkeeper.log import human_bytes
 from walkeeper.stores import open_stores
 

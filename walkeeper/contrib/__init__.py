@@ -1,0 +1,1 @@
+"""Integrations with frameworks (walkeeper.contrib.django). Nothing in walkeeper imports them."""
