@@ -22,7 +22,8 @@ from walfiles import SYSID, segment_bytes, write_segment
 from walkeeper import config as config_mod
 from walkeeper.catalog.reader import merge, read_archive, recoverable_windows, wal_ranges
 from walkeeper.config import StoreConfig
-from walkeeper.reports.list import list_data, render_text
+from walkeeper.output.text import list_ as render_text
+from walkeeper.reports.list import list_data
 from walkeeper.catalog.model import ArchiveModel, BackupInfo, WalObject
 from walkeeper.stores.local import LocalStore
 from walkeeper.stores.sftp_client import SftpStore

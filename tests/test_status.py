@@ -20,7 +20,9 @@ from conftest import WALKEEPER, clean_env
 from pgharness import PG_BIN
 from sshharness import SSHD, SshServer
 from walkeeper.reports import status as status_mod
-from walkeeper.reports import writers as status_writers
+from walkeeper.output import prometheus as status_prometheus
+from walkeeper.output import text as status_text
+from walkeeper.output.writers import render as render_output
 
 World = namedtuple("World", "tmp wk sshd cluster cfg backup last_wal drill")
 
@@ -275,7 +277,7 @@ def test_prometheus_escapes_labels():
             "stores": [{"name": "a", "reachable": False, "backups": None, "bytes": None,
                         "free_bytes": None, "wal_segments": None}],
             "wal": [], "windows": []}
-    text = status_writers.render_prometheus(data)
+    text = status_prometheus.render_prometheus(data)
     samples = {s.name: s for f in text_string_to_metric_families(text) for s in f.samples}
     assert samples["walkeeper_failures_total"].labels == {"command": 'we"ird\\cmd\n'}
     assert "walkeeper_last_push_timestamp_seconds" not in text
@@ -296,13 +298,13 @@ def test_empty_archive_renders_in_every_format(tmp_path):
     [store] = data["stores"]
     assert store["reachable"] and store["backups"] == 0 and store["bytes"] == 0
     assert store["free_bytes"] > 0           # of the file system the store will be on
-    for fmt, writer in status_writers.WRITERS.items():
-        assert writer(data), fmt
-    assert "never" in status_writers.render_text(data)
+    for fmt in ("text", "json", "prometheus", "html"):
+        assert render_output("status", data, fmt), fmt
+    assert "never" in status_text.status(data)
 
 
 def test_dashboard_draws_gaps_timelines_and_unreachable_stores():
-    from walkeeper.reports.dashboard import render
+    from walkeeper.output.html import render
 
     def t(h):
         return (datetime(2026, 11, 24, 12, tzinfo=timezone.utc) - timedelta(hours=h)).isoformat()

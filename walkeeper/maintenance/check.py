@@ -76,12 +76,15 @@ def failed(checks: list[Check]) -> list[Check]:
     return [c for c in checks if c.ok is False]
 
 
-def render_line(c: Check) -> str:
-    mark = {True: "ok  ", False: "FAIL", None: "skip"}[c.ok]
-    text = f"{mark} {c.name}: {c.detail}"
-    if c.ok is False and c.fix:
-        text += f"; {c.fix}"
-    return text
+def failure(checks: list[Check]):
+    """OperationFailed naming the failed checks, or None when none failed."""
+    from walkeeper.errors import OperationFailed
+
+    bad = failed(checks)
+    if not bad:
+        return None
+    return OperationFailed(f"{len(bad)} of {len(checks)} checks failed: "
+                           + ", ".join(c.name for c in bad))
 
 
 def _check_state_dir(config: Config) -> Check:

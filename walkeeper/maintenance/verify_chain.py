@@ -460,20 +460,17 @@ def _chain(m: ArchiveModel, scope: str, cluster: str, report: Report) -> None:
                 f"in no store checked: replay along this timeline stops before {a}"))
 
 
-# ---------------------------------------------------------------- text
+def failure(report: Report):
+    """OperationFailed naming the problems by kind, or None when the report is clean."""
+    from walkeeper.errors import OperationFailed
 
-def render_text(report: Report) -> str:
-    lines = ["recoverable windows:" if report.windows else "recoverable windows: none"]
-    for w in report.windows:
-        lines.append(f"  timeline {w['timeline']}: {w['from_time']} ({w['from_lsn']}) .. "
-                     f"{w['to_time']} ({w['to_lsn']})")
-    if report.problems:
-        lines.append(f"problems ({len(report.problems)}):")
-        width = max(len(p.kind) for p in report.problems)
-        for p in report.problems:
-            lines.append(f"  {p.kind:<{width}}  {p.store}  {p.object}: {p.detail}")
-    mode = "quick (trailers and sizes)" if report.quick else "deep (decoded and verified)"
-    lines.append(f"checked {report.objects} objects ({report.bytes / (1 << 20):.1f} MiB read) "
-                 f"in {', '.join(report.stores)}, {mode}: "
-                 + ("no problem" if report.ok else f"{len(report.problems)} problem(s)"))
-    return "\n".join(lines) + "\n"
+    if report.ok:
+        return None
+    kinds: dict[str, int] = {}
+    for p in report.problems:
+        kinds[p.kind] = kinds.get(p.kind, 0) + 1
+    return OperationFailed(
+        f"{len(report.problems)} problem(s) found ("
+        + ", ".join(f"{n} {k}" for k, n in kinds.items()) + ")",
+        hint="see the problems listed (\"problems\" in --json)")
+

@@ -1,20 +1,18 @@
 """`walkeeper list`: base backups, WAL ranges per timeline and dumps.
 
-list_data gives the `list --json` object of CONTRACT.md; render_text the table a
-person reads. Every store is read (each backup's stored size is measured per store
+list_data gives the `list --json` object of docs/contract.md (walkeeper.output.text
+turns it into the table a person reads). Every store is read (each backup's stored size is measured per store
 from its objects, never taken from metadata); a store that cannot be read is named
 in "store_errors" and the others are still listed.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 
 from walkeeper.format.crypto import check_key
 from walkeeper.catalog.reader import read_archive, read_json, merge, wal_ranges
 from walkeeper.errors import CorruptObject, ObjectNotFound, OperationFailed, StoreError
 from walkeeper.format.layout import DUMP_META, dump_dir, dump_meta_key, dumps_dir, is_temp
-from walkeeper.log import human_bytes
 from walkeeper.stores import open_stores
 
 BACKUP_KEYS = ("id", "label", "start_time", "stop_time", "start_lsn", "stop_lsn", "timeline",
@@ -88,62 +86,3 @@ def list_data(config) -> dict:
         "incomplete_backups": union.incomplete_backups,
         "store_errors": errors,
     }
-
-
-# ---------------------------------------------------------------- text
-
-
-def _time(text) -> str:
-    if not text:
-        return "-"
-    try:
-        return datetime.fromisoformat(text).isoformat(sep=" ", timespec="seconds")
-    except (TypeError, ValueError):
-        return str(text)
-
-
-def _stored(per_store: dict) -> str:
-    return ", ".join(f"{n} {human_bytes(v) if v else '-'}" for n, v in per_store.items())
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
-            for r in [header, *rows]]
-
-
-def _gaps(gaps: list) -> str:
-    if not gaps:
-        return "no gaps"
-    return ", ".join(a if a == b else f"{a}..{b}" for a, b in gaps)
-
-
-def render_text(data: dict) -> str:
-    lines = [f"Backups ({len(data['backups'])})"]
-    if data["backups"]:
-        lines += _table(
-            ["ID", "LABEL", "START", "STOP", "START LSN", "STOP LSN", "TLI", "DB SIZE", "STORED"],
-            [[b["id"], b["label"] or "-", _time(b["start_time"]), _time(b["stop_time"]),
-              b["start_lsn"], b["stop_lsn"], str(b["timeline"]), human_bytes(b["database_bytes"]),
-              _stored(b["stored_bytes"])] for b in data["backups"]])
-    else:
-        lines.append("  none")
-    if data.get("incomplete_backups"):
-        lines.append("  incomplete (not restorable): " + ", ".join(data["incomplete_backups"]))
-    lines += ["", "WAL"]
-    if data["wal"]:
-        lines += _table(["TLI", "FIRST", "LAST", "SEGMENTS", "GAPS"],
-                        [[str(w["timeline"]), w["first"], w["last"], str(w.get("segments", "?")),
-                          _gaps(w["gaps"])] for w in data["wal"]])
-    else:
-        lines.append("  none")
-    lines += ["", f"Dumps ({len(data['dumps'])})"]
-    if data["dumps"]:
-        lines += _table(["ID", "DATABASE", "TIME", "STORED"],
-                        [[d["id"], str(d["database"]), _time(d["time"]), _stored(d["stored_bytes"])]
-                         for d in data["dumps"]])
-    else:
-        lines.append("  none")
-    for name, msg in data.get("store_errors", {}).items():
-        lines.append(f"warning: not listed: {msg}")
-    return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from html import escape
 
 from walkeeper.log import human_bytes
+from walkeeper.output.text import age as _age, when as _when
 from walkeeper.reports.status import parse_time as _t
 
 WIDTH = 1180            # drawing width of the charts, in SVG units
@@ -54,22 +55,6 @@ svg text { font: 11px system-ui, sans-serif; fill: #445; }
 .legend i { display: inline-block; width: 12px; height: 10px; margin-right: 4px;
             vertical-align: middle; }
 """
-
-
-def _when(text) -> str:
-    t = _t(text)
-    return t.isoformat(sep=" ", timespec="seconds") if t else "-"
-
-
-def _age(text, now: datetime) -> str:
-    t = _t(text)
-    if t is None:
-        return ""
-    s = max(0, int((now - t).total_seconds()))
-    for unit, n in (("days", 86400), ("h", 3600), ("min", 60)):
-        if s >= 2 * n:
-            return f"{s // n} {unit} ago"
-    return f"{s} s ago"
 
 
 def _e(value) -> str:

@@ -1,0 +1,1 @@
+"""The writer layer: command data in, text / JSON / Prometheus / HTML out."""
