@@ -446,7 +446,7 @@ def startup(a, segs: list[Path], work: Path, env: dict[str, str]) -> dict:
     cmds[recorded] = [*a.walkeeper, "push", str(pg_wal / segs[1].name), segs[1].name]
     envs[recorded] = wenv
     # a fetch served from the spool: an entry NAME.<sha256>.<boot> (the format
-    # walkeeper/prefetch.py writes: <boot> is the start of the kernel's boot id)
+    # walkeeper/archiving/prefetcher.py writes: <boot> is the start of the kernel's boot id)
     # copied into the spool, with the spool's lock held as a running prefetcher
     # holds it (so no prefetcher is started).
     spool = state / "spool" / "default"

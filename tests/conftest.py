@@ -33,6 +33,18 @@ _SCRUB_NAMES = {
 }
 
 
+# A test that uses one of these (directly or through another fixture) starts a real
+# service: it is marked slow here, so that `-m "not slow"` is the fast suite and no
+# test file has to remember the marker.
+SERVICE_FIXTURES = {"pg", "cluster", "sshd"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def pg(tmp_path_factory) -> ClusterFactory:
     if not (PG_BIN / "initdb").exists():
@@ -114,3 +126,35 @@ def wk(tmp_path):
     run.path = WALKEEPER
     run.state_dir = state
     return run
+
+
+def make_config(tmp_path: Path, *, cluster: str = "test", conninfo: str | None = None,
+                store: Path | str | None = None, local: bool = True, sshd=None,
+                sshd_options: str = "timeout = 5\nretries = 2\n", extra: str = "",
+                sections: str = "", tail: str = "", state: Path | None = None,
+                name: str = "walkeeper.toml") -> Path:
+    """The one writer of test configurations: cluster NAME, state in tmp_path/state,
+    [postgres] when conninfo is given, a local store at `store` (tmp_path/local by
+    default) unless local=False, the sshd's SFTP store "offsite" when given; `extra`
+    goes before the first table (top-level keys or whole sections), `sections` after
+    [postgres], `tail` last."""
+    state = tmp_path / "state" if state is None else state
+    parts = [f'cluster = "{cluster}"', f'state_dir = "{state}"', extra]
+    if conninfo is not None:
+        parts.append(f'[postgres]\nconninfo = "{conninfo}"\nbindir = "{PG_BIN}"')
+    parts.append(sections)
+    if local:
+        where = tmp_path / "local" if store is None else store
+        parts.append(f'[[stores]]\nname = "local"\ntype = "local"\npath = "{where}"')
+    if sshd is not None:
+        parts.append(sshd.store_config(name="offsite") + sshd_options)
+    parts.append(tail)
+    path = tmp_path / name
+    path.write_text("\n".join(p for p in parts if p) + "\n")
+    return path
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    """make_config bound to this test's tmp_path."""
+    return lambda **kw: make_config(tmp_path, **kw)

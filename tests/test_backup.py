@@ -23,21 +23,15 @@ from walkeeper.format import objects
 from walkeeper.errors import OperationFailed
 from walkeeper.catalog.model import BackupInfo
 from walkeeper.wal import parse_lsn
+from conftest import make_config
 
 
 def write_config(tmp_path: Path, cluster=None, *, local: bool = True, sshd=None,
                  extra: str = "", conninfo: str | None = None,
                  name: str = "walkeeper.toml") -> Path:
-    conninfo = conninfo if conninfo is not None else cluster.conninfo
-    parts = ['cluster = "test"', f'state_dir = "{tmp_path / "state"}"',
-             f'[postgres]\nconninfo = "{conninfo}"\nbindir = "{PG_BIN}"', extra]
-    if local:
-        parts.append(f'[[stores]]\nname = "local"\ntype = "local"\npath = "{tmp_path / "local"}"')
-    if sshd is not None:
-        parts.append(sshd.store_config(name="offsite") + "timeout = 10\nretries = 2\n")
-    path = tmp_path / name
-    path.write_text("\n".join(parts) + "\n")
-    return path
+    return make_config(tmp_path, conninfo=conninfo if conninfo is not None else cluster.conninfo,
+                       local=local, sshd=sshd, extra=extra, name=name,
+                       sshd_options="timeout = 10\nretries = 2\n")
 
 
 def archiving_cluster(pg, wk, tmp_path, request=None, **kw):

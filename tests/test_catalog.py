@@ -1,7 +1,7 @@
 """The catalog (a store read into a model), its derived views, and `list`'s data.
 
 Archives are built with the real CLI pushing synthetic segments, plus backup and
-dump metadata written by hand the way backup.py and dump.py lay them out.
+dump metadata written by hand the way backups/basebackup.py and backups/dump.py lay them out.
 """
 
 from __future__ import annotations

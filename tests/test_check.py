@@ -8,19 +8,13 @@ import re
 
 import pytest
 
-from pgharness import PG_BIN
 from procs import free_port
+from conftest import make_config
 
 
 def write_config(tmp_path, conninfo, sshd=None, store="store", name="walkeeper.toml"):
-    cfg = tmp_path / name
-    text = (f'cluster = "chk"\nstate_dir = "{tmp_path / "state"}"\n'
-            f'[postgres]\nconninfo = "{conninfo}"\nbindir = "{PG_BIN}"\n'
-            f'[[stores]]\nname = "local"\ntype = "local"\npath = "{tmp_path / store}"\n')
-    if sshd is not None:
-        text += sshd.store_config(name="offsite") + "timeout = 5\nretries = 1\n"
-    cfg.write_text(text)
-    return cfg
+    return make_config(tmp_path, cluster="chk", conninfo=conninfo, store=tmp_path / store,
+                       sshd=sshd, sshd_options="timeout = 5\nretries = 1\n", name=name)
 
 
 def lines(out: str) -> dict[str, str]:

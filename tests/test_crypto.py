@@ -1,4 +1,4 @@
-"""Encryption at rest (walkeeper/crypto.py, the cipher of docs/format.md).
+"""Encryption at rest (walkeeper/format/crypto.py, the cipher of docs/format.md).
 
 Pure round trips and every kind of tampering on objects in memory, the key's
 sources and their refusals, and the archive-level record (encryption.json) on a

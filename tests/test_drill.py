@@ -9,18 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from pgharness import PG_BIN
+from conftest import make_config
 
 
 def write_config(tmp_path, cluster, sql: str | None = None):
-    cfg = tmp_path / "walkeeper.toml"
-    text = (f'cluster = "drill"\nstate_dir = "{tmp_path / "state"}"\n'
-            f'[postgres]\nconninfo = "{cluster.conninfo}"\nbindir = "{PG_BIN}"\n'
-            f'[[stores]]\nname = "local"\ntype = "local"\npath = "{tmp_path / "store"}"\n')
-    if sql is not None:
-        text += f"[drill]\nsql = {json.dumps(sql)}\n"
-    cfg.write_text(text)
-    return cfg
+    return make_config(tmp_path, cluster="drill", conninfo=cluster.conninfo,
+                       store=tmp_path / "store",
+                       tail=f"[drill]\nsql = {json.dumps(sql)}" if sql is not None else "")
 
 
 @pytest.fixture

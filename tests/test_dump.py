@@ -8,20 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from pgharness import PG_BIN
 from walkeeper import config as config_mod
 from walkeeper.backups import dump
 from walkeeper.errors import OperationFailed
 from walkeeper.stores.local import LocalStore
+from conftest import make_config
 
 
 def write_config(tmp_path: Path, cluster, extra: str = "") -> Path:
-    path = tmp_path / "walkeeper.toml"
-    path.write_text("\n".join([
-        'cluster = "test"', f'state_dir = "{tmp_path / "state"}"',
-        f'[postgres]\nconninfo = "{cluster.conninfo}"\nbindir = "{PG_BIN}"', extra,
-        f'[[stores]]\nname = "local"\ntype = "local"\npath = "{tmp_path / "local"}"']) + "\n")
-    return path
+    return make_config(tmp_path, conninfo=cluster.conninfo, extra=extra)
 
 
 def rows(cluster, dbname: str) -> list[tuple]:

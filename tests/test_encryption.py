@@ -18,8 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import WALKEEPER, clean_env
-from pgharness import PG_BIN
+from conftest import make_config, WALKEEPER, clean_env
 from sshharness import SSHD, SshServer
 from test_recover import mark, rows, wait_recovered
 from walfiles import write_segment
@@ -71,13 +70,9 @@ def sftp_store(sshd) -> str:
 def write_config(path: Path, *, state: Path, stores: list[str], cluster: str = "enc",
                  conninfo: str | None = None, extra: str = "",
                  encryption: str | None = f'passphrase_env = "{PASS_VAR}"') -> Path:
-    text = f'cluster = "{cluster}"\nstate_dir = "{state}"\n{extra}\n'
-    if conninfo:
-        text += f'[postgres]\nconninfo = "{conninfo}"\nbindir = "{PG_BIN}"\n'
-    if encryption is not None:
-        text += f"[encryption]\n{encryption}\n"
-    path.write_text(text + "".join(stores))
-    return path
+    return make_config(path.parent, name=path.name, state=state, cluster=cluster,
+                       conninfo=conninfo, extra=extra, local=False, tail="".join(stores),
+                       sections=f"[encryption]\n{encryption}" if encryption is not None else "")
 
 
 def stored_files(root: Path) -> list[Path]:

@@ -1,4 +1,4 @@
-"""The stored-object format (walkeeper/objects.py, docs/format.md).
+"""The stored-object format (walkeeper/format/objects.py, docs/format.md).
 
 Round trips for both codecs, readability with the stock zstd CLI, detection of
 every kind of damage (CorruptObject, never wrong bytes), and bounded memory in

@@ -15,6 +15,7 @@ import pytest
 from walfiles import segment_bytes, write_segment
 from walkeeper.archiving.prefetcher import boot_tag
 from walkeeper.wal import Segment
+from conftest import make_config
 
 FIRST = "000000010000000000000020"
 
@@ -29,10 +30,7 @@ def names(first: str, count: int) -> list[str]:
 
 
 def write_config(tmp_path: Path, extra: str = "", name: str = "walkeeper.toml") -> Path:
-    cfg = tmp_path / name
-    cfg.write_text(f'cluster = "pf"\nstate_dir = "{tmp_path / "state"}"\n{extra}\n'
-                   f'[[stores]]\nname = "local"\ntype = "local"\npath = "{tmp_path / "store"}"\n')
-    return cfg
+    return make_config(tmp_path, cluster="pf", store=tmp_path / "store", extra=extra, name=name)
 
 
 def entry_name(name: str, data: bytes, checksum: str | None = None,

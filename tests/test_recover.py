@@ -8,15 +8,12 @@ import time
 
 import pytest
 
-from pgharness import PG_BIN
+from conftest import make_config
 
 
 def write_config(tmp_path, cluster) -> object:
-    cfg = tmp_path / "walkeeper.toml"
-    cfg.write_text(f'cluster = "pitr"\nstate_dir = "{tmp_path / "state"}"\n'
-                   f'[postgres]\nconninfo = "{cluster.conninfo}"\nbindir = "{PG_BIN}"\n'
-                   f'[[stores]]\nname = "local"\ntype = "local"\npath = "{tmp_path / "store"}"\n')
-    return cfg
+    return make_config(tmp_path, cluster="pitr", conninfo=cluster.conninfo,
+                       store=tmp_path / "store")
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Retention selection (walkeeper/retention.py): pure, so examples and properties."""
+"""Retention selection (walkeeper/catalog/retention.py): pure, so examples and properties."""
 
 from __future__ import annotations
 

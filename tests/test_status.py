@@ -16,8 +16,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conftest import WALKEEPER, clean_env
-from pgharness import PG_BIN
+from conftest import WALKEEPER, clean_env, make_config
 from sshharness import SSHD, SshServer
 from walkeeper.reports import status as status_mod
 from walkeeper.output import prometheus as status_prometheus
@@ -31,14 +30,9 @@ BAD_SEGMENT = "0000000100000000000000F0"
 
 
 def write_config(tmp_path, cluster, sshd=None):
-    cfg = tmp_path / "walkeeper.toml"
-    text = (f'cluster = "stat"\nstate_dir = "{tmp_path / "state"}"\n'
-            f'[postgres]\nconninfo = "{cluster.conninfo}"\nbindir = "{PG_BIN}"\n'
-            f'[[stores]]\nname = "local"\ntype = "local"\npath = "{tmp_path / "store"}"\n')
-    if sshd is not None:
-        text += sshd.store_config(name="offsite") + "timeout = 5\nretries = 1\n"
-    cfg.write_text(text)
-    return cfg
+    return make_config(tmp_path, cluster="stat", conninfo=cluster.conninfo,
+                       store=tmp_path / "store", sshd=sshd,
+                       sshd_options="timeout = 5\nretries = 1\n")
 
 
 def status_json(wk, cfg) -> dict:

@@ -8,19 +8,16 @@ import shutil
 
 import pytest
 
-from pgharness import PG_BIN
 from walkeeper.wal import Segment, format_lsn
+from conftest import make_config
 
 CLUSTER = "pitr"
 SEG = 16 << 20
 
 
 def write_config(tmp_path, cluster, store, extra: str = ""):
-    cfg = tmp_path / f"walkeeper-{store.name}.toml"
-    cfg.write_text(f'cluster = "{CLUSTER}"\nstate_dir = "{tmp_path / "state"}"\n'
-                   f'[postgres]\nconninfo = "{cluster.conninfo}"\nbindir = "{PG_BIN}"\n'
-                   f'[[stores]]\nname = "local"\ntype = "local"\npath = "{store}"\n' + extra)
-    return cfg
+    return make_config(tmp_path, cluster=CLUSTER, conninfo=cluster.conninfo, store=store,
+                       tail=extra, name=f"walkeeper-{store.name}.toml")
 
 
 def backup(wk, cfg) -> dict:

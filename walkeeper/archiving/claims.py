@@ -1,4 +1,4 @@
-"""Read-ahead push: a detached background pusher and its completion records.
+"""Claims and completion records of the background pusher (archiving/pusher.py).
 
 PostgreSQL runs archive_command for one segment at a time, oldest first. When push is
 called for segment N inside pg_wal (push.parallel > 1) and other segments are marked

@@ -9,7 +9,7 @@ import os
 
 from walkeeper import log
 from walkeeper.config import Config
-from walkeeper.errors import (ConflictError, CorruptObject, ObjectExists, ObjectNotFound, OperationFailed, StoreError,
+from walkeeper.errors import (ConflictError, CorruptObject, ObjectNotFound, OperationFailed, StoreError,
                               UsageError)
 # The fast paths (a push that read-ahead already did, a fetch served from the prefetch
 # spool) must start and exit within ~2x `python -c pass`: the modules that only the
@@ -125,41 +125,6 @@ def _compare_existing(name: str, store, existing: Existing, f, size: int) -> str
     return _conflict(name, store, existing, size, digest)
 
 
-def _check_identity(store, cluster: str, sysid: int, seg_size: int) -> None:
-    """The archive remembers which cluster it belongs to; refuse WAL from another."""
-    import json
-
-    from walkeeper.format.layout import identity_key
-
-    key = identity_key(cluster)
-    mine = {"system_identifier": str(sysid), "wal_segment_size": seg_size}
-    for _ in range(2):
-        try:
-            reader = store.open(key)
-        except ObjectNotFound:
-            try:
-                store.put_bytes(key, (json.dumps(mine) + "\n").encode())
-                return
-            except ObjectExists:
-                continue
-        try:
-            data = reader.read(1 << 16)
-        finally:
-            reader.close()
-        try:
-            theirs = json.loads(data)
-            stored = int(theirs["system_identifier"])
-        except (ValueError, KeyError, TypeError):
-            raise OperationFailed(f"store {store.name!r}: {key} is damaged; it records which "
-                                  f"cluster the archive belongs to, restore it by hand") from None
-        if stored != sysid:
-            raise OperationFailed(
-                f"WAL from database system {sysid} but store {store.name!r} holds the archive "
-                f"of system {stored} under cluster {cluster!r}: refusing to mix two clusters; "
-                f"give this one its own `cluster` name")
-        return
-
-
 def _upload(f, name: str, key: str, stores: list, config: Config, size: int,
             zstd_threads: int = 2, seal=None):
     """One read of the source, encoded once, written to every store in `stores`.
@@ -241,6 +206,7 @@ def _push(config: Config, f, wal: WalName, size: int, header, stores: list,
     content when every store already held it)."""
     import time
 
+    from walkeeper.format import identity
     from walkeeper.format.layout import wal_keys
 
     keys = wal_keys(config.cluster, wal, config["compression.algorithm"])
@@ -272,7 +238,7 @@ def _push(config: Config, f, wal: WalName, size: int, header, stores: list,
         if header is not None:
             for s in list(todo):
                 try:
-                    _check_identity(s, config.cluster, header.system_identifier, header.segment_size)
+                    identity.claim(s, config.cluster, header.system_identifier, header.segment_size)
                 except StoreError as exc:
                     errors[s.name] = exc
                     todo.remove(s)
@@ -300,3 +266,4 @@ def _push(config: Config, f, wal: WalName, size: int, header, stores: list,
         raise OperationFailed(f"{wal.name} is not durable in every store ({detail})"
                               + (f"; stored in {', '.join(ok)}" if ok else ""))
     return written, digest
+

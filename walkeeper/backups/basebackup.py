@@ -19,19 +19,20 @@ import collections
 import io
 import json
 import queue
-import sys
 import threading
 import time
 from datetime import datetime, timezone
 
 from walkeeper import log, pg, state
+from walkeeper.progress import Progress
 from walkeeper.config import Config
 from walkeeper.errors import (CorruptObject, ObjectNotFound, OperationFailed, StoreError,
                               UsageError)
 from walkeeper.format.layout import (backup_file_key, backup_meta_key, backups_dir,
-                              identity_key, wal_dir, wal_keys)
+                              wal_dir, wal_keys)
 from walkeeper.catalog.model import BackupFile, BackupInfo
 from walkeeper.format.objects import CHUNK, HEADER_SIZE, TRAILER_SIZE, Trailer, decode
+from walkeeper.format import identity
 from walkeeper.format.crypto import writer_key
 from walkeeper.stores import open_stores
 from walkeeper.archiving.transfer import put_stream
@@ -43,43 +44,6 @@ READ_AHEAD = 8            # chunks of a program's output read ahead of the encod
 
 
 # ------------------------------------------------------------------ streaming
-
-class Progress:
-    """One stderr line rewritten with \\r: bytes read, rate, ETA."""
-
-    def __init__(self, total: int | None, enabled: bool, what: str = "read"):
-        self.total = total or None
-        self.enabled = enabled
-        self.what = what
-        self.done = 0
-        self.started = time.monotonic()
-        self._shown = 0.0
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if self.enabled and now - self._shown >= 0.5:
-            self._shown = now
-            self._draw(now)
-
-    def _draw(self, now: float) -> None:
-        elapsed = max(now - self.started, 1e-6)
-        rate = self.done / elapsed
-        text = f"{log.human_bytes(self.done)} {self.what}, {log.human_bytes(rate)}/s"
-        if self.total:
-            pct = min(100.0, 100.0 * self.done / self.total)
-            left = max(self.total - self.done, 0) / rate if rate > 0 else None
-            eta = f"{int(left) // 60}:{int(left) % 60:02d}" if left is not None else "?"
-            text += f", {pct:3.0f}% of ~{log.human_bytes(self.total)}, ETA {eta}"
-        sys.stderr.write(f"\r{text:<72}")
-        sys.stderr.flush()
-
-    def finish(self) -> None:
-        if self.enabled:
-            self._draw(time.monotonic())
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
 
 class _Watch:
     """A backup must reach every store: the first store that fails stops the stream
@@ -337,19 +301,10 @@ def wait_for_wal(stores: list, cluster: str, segments: list[Segment], codec: str
 def _check_identity(stores: list, cluster: str, sysid: int) -> None:
     for s in stores:
         try:
-            reader = s.open(identity_key(cluster))
-        except ObjectNotFound:
-            continue
-        try:
-            stored = int(json.loads(reader.read(1 << 16))["system_identifier"])
-        except (ValueError, KeyError, TypeError):
-            continue
-        finally:
-            reader.close()
-        if stored != sysid:
-            raise OperationFailed(
-                f"the server is database system {sysid} but store {s.name!r} holds the archive "
-                f"of system {stored} under cluster {cluster!r}: refusing to mix two clusters")
+            ident = identity.read(s, cluster)
+        except ValueError:
+            continue              # damaged: push refuses and says so; verify-chain reports it
+        identity.refuse_other(ident, s, cluster, sysid, "a base backup")
 
 
 # ---------------------------------------------------------------- the backup

@@ -16,6 +16,7 @@ from datetime import datetime, timezone, tzinfo
 
 from walkeeper.errors import OperationFailed
 from walkeeper.catalog.model import ArchiveModel, BackupInfo, WalObject
+from walkeeper.times import stored
 from walkeeper.wal import (
     Segment, TimelineSpan, format_lsn, parse_lsn, timeline_of_point, timeline_path,
     valid_segment_size,
@@ -246,7 +247,7 @@ def _utc(mtime: float) -> datetime:
 
 
 def _aware(dt: datetime) -> datetime:
-    return dt if dt.utcoffset() is not None else dt.replace(tzinfo=timezone.utc)
+    return stored(dt)
 
 
 def _stop_key(b: BackupInfo):
@@ -480,12 +481,17 @@ def _latest_timeline(archive: ArchiveModel, backups: list[BackupInfo],
 # --- recoverable windows ----------------------------------------------------------
 
 def recoverable_windows(archive: ArchiveModel, target_timeline: str | int = "latest") -> list[dict]:
-    """Per timeline, the spans of time and LSN some complete backup can recover to.
+    """Per timeline, the spans of time and LSN some complete backup can recover to:
+    the one answer planning, `status` and `verify-chain` give.
 
     Each backup is followed to its newest reachable timeline ("latest"), its own
-    ("current") or the one given, from its stop to the end of the contiguous WAL.
+    ("current"), the one given, or ("all") to every timeline it can reach, from its
+    stop to the end of the contiguous WAL. A window ends at its last segment's archive
+    time in whole seconds (the same in every store: SFTP has no fractions), and never
+    before the backup's stop.
     """
-    spec = parse_target_timeline(target_timeline)
+    everywhere = target_timeline == "all"
+    spec = "latest" if everywhere else parse_target_timeline(target_timeline)
     seg_size = archive.wal_segment_size
     if not valid_segment_size(seg_size):
         return []
@@ -493,26 +499,30 @@ def recoverable_windows(archive: ArchiveModel, target_timeline: str | int = "lat
     for b in archive.backups:
         if _unusable(archive, b):
             continue
-        try:
-            if spec == "latest":
-                found = _newest_reachable(archive, b)
-                if found is None:
-                    continue
-                tli, path = found
-            else:
-                tli = b.timeline if spec == "current" else spec
-                path = _path(archive, tli)
+        if everywhere:
+            routes = [(tli, None) for tli in _candidate_timelines(archive)]
+        elif spec == "latest":
+            found = _newest_reachable(archive, b)
+            routes = [found] if found is not None else []
+        else:
+            routes = [(b.timeline if spec == "current" else spec, None)]
+        for tli, path in routes:
+            try:
+                path = _path(archive, tli) if path is None else path
                 if not _on_path(path, b):
                     continue
-            route = _follow(archive, b, tli, path, None)
-            if _check(archive, route, Target("immediate")) is not None:
+                route = _follow(archive, b, tli, path, None)
+                if _check(archive, route, Target("immediate")) is not None:
+                    continue
+                end_tli, end_segno = route.end
+                if everywhere and end_tli != tli:
+                    continue            # stops short of this timeline: no window on it
+                end_time = _utc(int(archive.segments[end_tli][end_segno].mtime))
+                stop_time = _aware(b.stop_time)
+                raw.setdefault(tli, []).append(
+                    [b.stop_lsn, stop_time, (end_segno + 1) * seg_size, max(end_time, stop_time)])
+            except ValueError:
                 continue
-            end_tli, end_segno = route.end
-            end_time = _utc(archive.segments[end_tli][end_segno].mtime)
-            raw.setdefault(tli, []).append(
-                [b.stop_lsn, _aware(b.stop_time), (end_segno + 1) * seg_size, end_time])
-        except ValueError:
-            continue
     windows = []
     for tli in sorted(raw):
         merged: list[list] = []

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import io
 import json
-from bisect import bisect_right
-from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from dataclasses import replace
 
 from walkeeper import log
 from walkeeper.errors import CorruptObject, ObjectNotFound, OperationFailed, StoreError
@@ -28,8 +26,9 @@ from walkeeper.catalog.model import ArchiveModel, BackupInfo, WalObject
 # The only files an encrypted archive holds in clear: they say which system and which
 # key the archive belongs to, and hold nothing of the database's content.
 PLAIN_FILES = ("/identity.json", "/encryption.json")
+from walkeeper.format import identity
 from walkeeper.format.objects import HEADER_SIZE, SKIPPABLE_MAGIC, decode
-from walkeeper.wal import DEFAULT_SEGMENT_SIZE, Segment, WalKind, format_lsn, parse_history, \
+from walkeeper.wal import DEFAULT_SEGMENT_SIZE, Segment, WalKind, parse_history, \
     parse_wal_name, valid_segment_size
 
 # History and metadata objects are a few hundred bytes; anything far larger is not one.
@@ -91,20 +90,17 @@ def read_json(store, key: str) -> dict:
 
 
 def _read_identity(store, cluster: str, model: ArchiveModel) -> None:
-    key = identity_key(cluster)
     try:
-        ident = read_json(store, key)
-        sysid = ident.get("system_identifier")
-        model.system_identifier = int(sysid) if sysid is not None else None
-        size = int(ident.get("wal_segment_size", DEFAULT_SEGMENT_SIZE))
-        if not valid_segment_size(size):
-            raise ValueError(f"invalid wal_segment_size {size}")
-        model.wal_segment_size = size
-    except ObjectNotFound:
-        pass
-    except (CorruptObject, ValueError, TypeError) as exc:
-        model.unreadable[key] = f"identity damaged ({exc}); assuming 16 MiB segments"
-
+        ident = identity.read(store, cluster)
+        if ident is None:
+            return
+        if not valid_segment_size(ident.wal_segment_size):
+            raise ValueError(f"invalid wal_segment_size {ident.wal_segment_size}")
+        model.system_identifier = ident.system_identifier
+        model.wal_segment_size = ident.wal_segment_size
+    except (CorruptObject, ValueError) as exc:
+        model.unreadable[identity_key(cluster)] = \
+            f"identity damaged ({exc}); assuming 16 MiB segments"
 
 
 def _read_wal(store, cluster: str, model: ArchiveModel, with_history: bool) -> None:
@@ -290,14 +286,6 @@ def runs(segnos) -> list[tuple[int, int]]:
     return out
 
 
-def _run_end(runs: list[tuple[int, int]], n: int) -> int | None:
-    """The last number of the run holding n, or None when n is absent."""
-    i = bisect_right(runs, (n, float("inf"))) - 1
-    if i >= 0 and runs[i][0] <= n <= runs[i][1]:
-        return runs[i][1]
-    return None
-
-
 def wal_ranges(model: ArchiveModel) -> list[dict]:
     """Per timeline holding segments: first and last segment present, the number
     present, and gaps as [first_missing, last_missing] segment names."""
@@ -316,86 +304,9 @@ def wal_ranges(model: ArchiveModel) -> list[dict]:
     return out
 
 
-@dataclass
-class _Window:
-    timeline: int
-    from_lsn: int
-    to_lsn: int
-    from_time: datetime
-    to_time: datetime | None
-
-
-def _mtime(ts: float) -> datetime | None:
-    # Whole seconds, rounded down: the same for every store (SFTP has no fractions),
-    # and a window end never later than the archive time.
-    return datetime.fromtimestamp(int(ts), timezone.utc).astimezone() if ts else None
-
-
 def recoverable_windows(model: ArchiveModel) -> list[dict]:
-    """Where point-in-time recovery can reach, per timeline.
+    """Where point-in-time recovery can reach, on every timeline: the planner's answer
+    (one implementation for planning, `status` and `verify-chain`)."""
+    from walkeeper.catalog.planner import recoverable_windows as windows
 
-    From each complete backup whose WAL from start to stop segment is present: from
-    its stop (time, LSN), forward along its timeline over contiguous segments; then
-    onto each child timeline (from .history files) whose switch point that WAL
-    reaches and whose own segments continue from the switch segment. A window on
-    timeline T is the range of targets reachable recovering along T's path, so a
-    child's window starts at the backup's stop too. to_lsn is the end of the last
-    contiguous segment, to_time its archive time (>= every record in it).
-    Overlapping windows on one timeline are merged.
-    """
-    size = model.wal_segment_size
-    by_tli = {tli: runs(segs) for tli, segs in model.segments.items()}
-    children: dict[int, list[tuple[int, int]]] = {}
-    for child, hist in model.histories.items():
-        if hist:
-            children.setdefault(hist[-1].timeline, []).append((child, hist[-1].switch_lsn))
-    found: list[_Window] = []
-
-    def follow(tli: int, last: int, b: BackupInfo) -> None:
-        obj = model.segments[tli][last]
-        found.append(_Window(tli, b.stop_lsn, (last + 1) * size, b.stop_time, _mtime(obj.mtime)))
-        for child, switch in sorted(children.get(tli, [])):
-            if switch < b.stop_lsn:
-                continue            # branched off before this backup became consistent
-            k = switch // size
-            # The switch segment itself is read from the child; the parent's WAL is
-            # needed up to the one before it.
-            if last < k - 1:
-                continue
-            end = _run_end(by_tli.get(child, []), k)
-            if end is not None:
-                follow(child, end, b)
-
-    for b in model.backups:
-        try:
-            start, stop = b.start_segment.number(size), b.stop_segment.number(size)
-        except ValueError:
-            continue
-        end = _run_end(by_tli.get(b.timeline, []), start)
-        if end is not None and end >= stop:
-            follow(b.timeline, end, b)
-    return [_window_json(w) for w in _merge_windows(found)]
-
-
-def _merge_windows(windows: list[_Window]) -> list[_Window]:
-    out: list[_Window] = []
-    for w in sorted(windows, key=lambda w: (w.timeline, w.from_lsn, w.from_time)):
-        cur = out[-1] if out and out[-1].timeline == w.timeline else None
-        if cur is not None and w.from_lsn <= cur.to_lsn:
-            cur.from_time = min(cur.from_time, w.from_time)
-            if w.to_lsn > cur.to_lsn:
-                cur.to_lsn, cur.to_time = w.to_lsn, w.to_time
-            continue
-        out.append(replace(w))
-    return out
-
-
-def _window_json(w: _Window) -> dict:
-    to_time = w.to_time
-    # A stop segment archived within the second of the backup's stop can show an
-    # earlier mtime (SFTP has whole seconds); the backup's stop itself is reachable.
-    if to_time is None or to_time < w.from_time:
-        to_time = w.from_time
-    return {"timeline": w.timeline, "from_time": w.from_time.isoformat(),
-            "to_time": to_time.isoformat(), "from_lsn": format_lsn(w.from_lsn),
-            "to_lsn": format_lsn(w.to_lsn)}
+    return windows(model, "all")

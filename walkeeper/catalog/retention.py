@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from walkeeper.catalog.model import ArchiveModel, BackupInfo, WalObject
+from walkeeper.times import stored
 from walkeeper.wal import Segment, WalKind, parse_wal_name
 
 PERIODS = ("daily", "weekly", "monthly", "yearly")
@@ -38,9 +39,8 @@ class Selection:
 
 
 def utc(dt: datetime) -> datetime:
-    # BackupInfo times are timezone-aware; a naive one (hand-written metadata) is
-    # taken as UTC rather than as this machine's local time.
-    return dt.replace(tzinfo=timezone.utc) if dt.utcoffset() is None else dt.astimezone(timezone.utc)
+    # A naive stored time is UTC (walkeeper.times), not this machine's local time.
+    return stored(dt).astimezone(timezone.utc)
 
 
 def period_label(kind: str, when: datetime) -> str:

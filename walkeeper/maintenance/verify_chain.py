@@ -17,9 +17,7 @@ memory stays bounded whatever the archive's size.
 
 from __future__ import annotations
 
-import sys
 import threading
-import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 
@@ -31,6 +29,7 @@ from walkeeper.format.layout import BACKUP_META, backup_dir, is_temp, stored_nam
 from walkeeper.catalog.model import ArchiveModel
 from walkeeper.format.objects import CHUNK, HEADER_SIZE, TRAILER_SIZE, ObjectReader, \
     unpack_trailer
+from walkeeper.progress import Progress
 from walkeeper.record import record
 from walkeeper.stores import open_store
 from walkeeper.stores.registry import store_type
@@ -229,43 +228,13 @@ class _StorePool:
             s.close()
 
 
-class _Progress:
-    """A \\r line on stderr: objects and bytes checked, rate."""
-
-    def __init__(self, enabled: bool, objects: int, total: int):
-        self.enabled, self.objects, self.total = enabled, objects, total
-        self.done = self.bytes = 0
-        self.started = self.shown = time.monotonic()
-        self.lock = threading.Lock()
-
-    def add(self, n: int) -> None:
-        with self.lock:
-            self.bytes += n
-
-    def draw(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (now - self.shown < 0.5 and not force):
-            return
-        self.shown = now
-        rate = self.bytes / max(now - self.started, 1e-6) / (1 << 20)
-        pct = 100.0 * self.bytes / self.total if self.total else 100.0
-        sys.stderr.write(f"\rverified {self.done}/{self.objects} objects, "
-                         f"{self.bytes / (1 << 20):.0f} MiB ({pct:3.0f}%), {rate:.0f} MiB/s   ")
-        sys.stderr.flush()
-
-    def finish(self) -> None:
-        if self.enabled:
-            self.draw(force=True)
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
 def _check_objects(scans: list[_Scan], pool: _StorePool, quick: bool, show: bool,
                    report: Report) -> set[tuple[int, str]]:
     """Read every listed object back; return the (store index, key) of those that failed."""
     items = [it for s in scans for it in s.items]
     stored = sum(it.listed or 0 for it in items)
-    progress = _Progress(show, len(items), TRAILER_SIZE * len(items) if quick else stored)
+    progress = Progress(TRAILER_SIZE * len(items) if quick else stored, show, "verified",
+                        objects=len(items))
     check = _check_quick if quick else _check_deep
     sysids = {s.index: s.model.system_identifier for s in scans if s.model is not None}
     bad: set[tuple[int, str]] = set()
@@ -283,7 +252,7 @@ def _check_objects(scans: list[_Scan], pool: _StorePool, quick: bool, show: bool
             done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             for fut in done:
                 it, kind, detail = fut.result()
-                progress.done += 1
+                progress.object_done()
                 report.objects += 1
                 if kind is not None:
                     bad.add((it.store, it.key))
@@ -294,7 +263,7 @@ def _check_objects(scans: list[_Scan], pool: _StorePool, quick: bool, show: bool
     return bad
 
 
-def _guarded(check, pool: _StorePool, it: _Item, sysid: int | None, progress: _Progress):
+def _guarded(check, pool: _StorePool, it: _Item, sysid: int | None, progress: Progress):
     try:
         return it, None, check(pool.get(it.store), it, sysid, progress)
     except CorruptObject as exc:
@@ -309,9 +278,9 @@ def _fail(detail: str):
     raise CorruptObject(detail)
 
 
-def _check_quick(store, it: _Item, sysid, progress: _Progress) -> None:
+def _check_quick(store, it: _Item, sysid, progress: Progress) -> None:
     trailer = unpack_trailer(store.read_tail(it.key, TRAILER_SIZE))
-    progress.add(TRAILER_SIZE)
+    progress.update(TRAILER_SIZE)
     whole = HEADER_SIZE + trailer.body_size + TRAILER_SIZE
     if it.listed is not None and whole != it.listed:
         _fail(f"object is {it.listed} bytes, its trailer says {whole} "
@@ -326,7 +295,7 @@ def _compare_recorded(it: _Item, trailer) -> None:
         _fail(f"content is {trailer.original_size} bytes, backup.json says {it.size}")
 
 
-def _check_deep(store, it: _Item, sysid, progress: _Progress) -> None:
+def _check_deep(store, it: _Item, sysid, progress: Progress) -> None:
     raw = store.open(it.key)
     try:
         reader = ObjectReader(_Counted(raw.read, progress).read, store.keyring)
@@ -354,13 +323,13 @@ def _check_deep(store, it: _Item, sysid, progress: _Progress) -> None:
 
 
 class _Counted:
-    def __init__(self, read, progress: _Progress):
+    def __init__(self, read, progress: Progress):
         self._read = read
         self.progress = progress
 
     def read(self, n: int) -> bytes:
         data = self._read(n)
-        self.progress.add(len(data))
+        self.progress.update(len(data))
         return data
 
 

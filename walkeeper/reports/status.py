@@ -1,6 +1,7 @@
-"""`walkeeper status`: what an operator's dashboard shows, and its output writers.
+"""`walkeeper status`: what an operator's dashboard shows, as data (walkeeper.output
+renders it as text, JSON, Prometheus and HTML).
 
-collect() gathers one JSON-ready object (the `status --json` shape of CONTRACT.md,
+collect() gathers one JSON-ready object (the `status --json` shape of docs/contract.md,
 plus what the dashboard draws): the last push and backup (from the state directory,
 and from the archive itself when that is newer: push may run as another user with
 another state directory), the last drill, recent failures, each store's backups,
@@ -24,6 +25,7 @@ from walkeeper.errors import ConfigError, OperationFailed, StoreError
 from walkeeper.reports.list import read_dumps
 from walkeeper.stores import open_store
 from walkeeper.stores.registry import location
+from walkeeper.times import parse_stored
 from walkeeper.wal import Segment, WalKind, parse_wal_name
 
 RECENT_FAILURES = timedelta(hours=24)
@@ -105,14 +107,9 @@ def _from_ts(ts: float | None) -> str | None:
 
 
 def parse_time(text) -> datetime | None:
-    """An ISO 8601 time (state records write +0000 offsets) as an aware datetime."""
-    if not text:
-        return None
-    try:
-        t = datetime.fromisoformat(str(text))
-    except ValueError:
-        return None
-    return t if t.tzinfo else t.astimezone()
+    """An ISO 8601 time (state records write +0000 offsets) as an aware datetime;
+    naive means UTC (walkeeper.times)."""
+    return parse_stored(text)
 
 
 def _iso(text) -> str | None:
