@@ -43,7 +43,7 @@ def verify(wk, cfg, *args):
     r = wk("--config", cfg, "verify-chain", "--json", *args, timeout=120)
     assert r.returncode in (0, 1), r.stderr
     data = json.loads(r.stdout)
-    assert set(data) == {"ok", "problems", "windows"}
+    assert set(data) == {"ok", "problems", "windows", "old_format_objects"}
     assert data["ok"] is (r.returncode == 0) is (not data["problems"])
     for p in data["problems"]:
         assert set(p) == {"kind", "store", "object", "detail"}
