@@ -187,7 +187,7 @@ def test_raw_object_is_original_bytes_between_header_and_trailer():
 def test_header_layout_matches_docs():
     for codec, code in (("none", 0), ("zstd", 1)):
         h = objects.pack_header(codec)
-        assert h == bytes.fromhex("502a4d18") + struct.pack("<I", 8) + b"WKEO" + bytes([2, code, 0, 0])
+        assert h == bytes.fromhex("502a4d18") + struct.pack("<I", 8) + b"WKEO" + bytes([3, code, 0, 0])
     obj, t = encode(b"abc", "none")
     trailer = obj[-TRAILER_SIZE:]
     assert trailer[:4] == bytes.fromhex("502a4d18")
@@ -335,7 +335,7 @@ def test_header_from_other_codec_is_detected():
 
 @pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("offset,value,words", [
-    (12, 3, "version"),            # header: format version
+    (12, 4, "version"),            # header: an unknown format version
     (12, 0, "version"),
     (12, 1, "version"),            # a version 2 object with a version 1 header
     (13, 7, "codec"),              # header: unknown codec
@@ -557,8 +557,8 @@ def test_without_the_body_checksum_a_frame_without_content_checksum_is_refused()
 
     data = random_bytes(100_000, seed=5)
     body = zstandard.ZstdCompressor(level=3, write_checksum=False).compress(data)
-    obj = objects.pack_header("zstd") + body + objects.pack_trailer(
-        Trailer(len(data), len(body), hashlib.sha256(body).digest()))
+    obj = objects.pack_header("zstd", version=2) + body + objects.pack_trailer(
+        Trailer(len(data), len(body), hashlib.sha256(body).digest(), 2))
     assert decode_bytes(obj)[0] == data            # valid by its body checksum
     with pytest.raises(CorruptObject, match="no content checksum"):
         decode_light(obj)

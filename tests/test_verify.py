@@ -40,11 +40,12 @@ def verify(wk, cfg, *args):
     r = wk("--config", cfg, "verify-chain", "--json", *args, timeout=120)
     assert r.returncode in (0, 1), r.stderr
     data = json.loads(r.stdout)
-    assert set(data) == {"ok", "problems", "windows"}
+    assert set(data) == {"ok", "problems", "windows", "old_format_objects"}
     assert data["ok"] is (r.returncode == 0) is (not data["problems"])
     for p in data["problems"]:
         assert set(p) == {"kind", "store", "object", "detail"}
-        assert p["kind"] in ("corrupt", "missing", "gap", "incomplete_backup", "leftover",
+        assert p["kind"] in ("corrupt", "misplaced", "missing", "gap", "incomplete_backup",
+                             "leftover",
                              "store_mismatch")
     for w in data["windows"]:
         assert set(w) == {"timeline", "from_time", "to_time", "from_lsn", "to_lsn"}
@@ -153,13 +154,14 @@ def test_corruption_deep_but_not_quick(wk, tmp_path, two_backups):
     code, data = verify(wk, cfg1, "--quick")
     assert code == 0, data          # sizes and trailer intact: only a deep check sees it
 
-    # A sound object under another segment's name: only the page header tells.
+    # A sound object under another segment's name: the name it records (and its page
+    # header) tell; both names are in the problem (issue 14).
     cfg2, copy2 = copy_of(tmp_path, cluster, store, "renamed")
     shutil.copyfile(wal_object(copy2, after[0]), wal_object(copy2, after[1]))
     code, data = verify(wk, cfg2)
     [p] = data["problems"]
-    assert code == 1 and p["kind"] == "corrupt" and after[1] in p["object"]
-    assert "page address" in p["detail"]
+    assert code == 1 and p["kind"] == "misplaced" and after[1] in p["object"]
+    assert after[0] in p["detail"] and after[1] in p["detail"]
 
     # A truncated backup file: caught by --quick too.
     cfg3, copy3 = copy_of(tmp_path, cluster, store, "truncated")

@@ -76,3 +76,16 @@ class ObjectExists(StoreError):
 
 class CorruptObject(Exception):
     """A stored object failed its format or checksum check."""
+
+
+class MisplacedObject(CorruptObject):
+    """A stored object that verifies but holds another name's content: a copy under
+    the wrong name (an rsync with the wrong arguments, a mixed-up restore of a store).
+    asked: the name that was looked up; holds: what the object really is."""
+
+    def __init__(self, asked: str, holds: str, detail: str = ""):
+        super().__init__(f"{asked} holds {holds}" + (f" ({detail})" if detail else "")
+                         + ": an object copied under the wrong name")
+        self.asked = asked
+        self.holds = holds
+        self.detail = detail

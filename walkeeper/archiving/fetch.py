@@ -11,25 +11,26 @@ import os
 
 from walkeeper import log
 from walkeeper.config import Config
-from walkeeper.errors import (ArchiveUnreadable, CorruptObject, NotInArchive,
-                              ObjectNotFound, StoreError,
-                              UsageError)
+from walkeeper.errors import (ArchiveUnreadable, CorruptObject, MisplacedObject,
+                              NotInArchive, ObjectNotFound, StoreError, UsageError)
 # The fast paths (a push that read-ahead already did, a fetch served from the prefetch
 # spool) must start and exit within ~2x `python -c pass`: the modules that only the
 # store paths need (layout, objects, transfer, stores, state, json) are imported in
 # the functions that use them.
 from walkeeper.wal import (WalKind, WalName)
-from walkeeper.archiving.wal_store import find, parse_name
+from walkeeper.archiving.wal_store import content_check, find, parse_name
 
 
 
-def _fetch_one(store, keys: list[str], dest: str) -> bool:
-    """Write a verified copy to dest; False when the store has no such object."""
+def _fetch_one(store, keys: list[str], dest: str, config: Config, wal: WalName) -> bool:
+    """Write a verified copy to dest, once its content proved to be WAL's file of this
+    name (wal_store.content_check); False when the store has no such object."""
     from walkeeper.archiving.transfer import fetch_to_file
 
+    check, keep = content_check(store, config.cluster, config["compression.algorithm"], wal)
     for key in keys:
         try:
-            fetch_to_file(store, key, dest)
+            fetch_to_file(store, key, dest, check, keep)
         except ObjectNotFound:
             continue
         log.debug(f"fetched {key} from {store.name} ({store.location})")
@@ -87,10 +88,15 @@ def fetch(config: Config, wal_name: str, dest: str) -> str:
         store = open_store(cfg, config.keyring)
         more = "; trying the next store" if n < len(config.stores) else ""
         try:
-            if _fetch_one(store, keys, dest):
+            if _fetch_one(store, keys, dest, config, wal):
                 found = store.name
                 break
             absent += 1
+        except MisplacedObject as exc:
+            problems.append(f"store {store.name!r}: {wal.name} is corrupt, the object "
+                            f"stored under that name is another file: {exc}")
+            if more:
+                log.warn(problems[-1] + more)
         except CorruptObject as exc:
             problems.append(f"store {store.name!r}: {wal.name} is corrupt ({exc})")
             if more:

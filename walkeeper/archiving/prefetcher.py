@@ -5,7 +5,8 @@ per cluster, held by a lock file) fetches N+1 .. N+K of the same timeline in par
 into <state_dir>/spool/<cluster>/. Each one is decoded and verified (objects.py: the
 sizes and zstd's checksum of the original bytes, which every byte written must pass;
 the stored body's SHA-256 where the object is not zstd or is encrypted, and then
-every chunk's tag) while written under a temporary name (`.NAME.tmp-*`), and only then
+every chunk's tag; then its first page against the name and the archive's system
+identifier, format/naming.py) while written under a temporary name (`.NAME.tmp-*`), and only then
 renamed to `NAME.<checksum>.<boot>`: an entry's name is the proof it was verified.
 <boot> is the start of the kernel's boot id, so an entry a crash may have left with
 unwritten pages (spool files are not fsynced) is never served after the reboot; where
@@ -254,6 +255,16 @@ class Prefetcher:
                     opened.append(s)
             return s
 
+        identities: dict = {}
+
+        def identity(store) -> dict:
+            """identity.json of a store, read once per run."""
+            from walkeeper.archiving.wal_store import archive_identity
+
+            if store.name not in identities:
+                identities[store.name] = archive_identity(store, self.config.cluster)
+            return identities[store.name]
+
         def fetch(name: str, tmp: str) -> str:
             """'ok', 'missing' (every store said absent) or 'error'."""
             buffer = getattr(local, "buffer", None)
@@ -267,12 +278,14 @@ class Prefetcher:
                 try:
                     for key in keys:
                         try:
-                            if self._fetch_key(store, key, name, tmp, buffer):
+                            if self._fetch_key(store, key, name, tmp, buffer,
+                                               lambda: identity(store)):
                                 return "ok"
                         except ObjectNotFound:
                             continue
                     absent += 1
-                except (StoreError, CorruptObject, OSError):
+                except (StoreError, CorruptObject, OSError) as exc:
+                    log.debug(f"prefetch {name} from {store.name}: {exc}")
                     _unlink(tmp)
             return "missing" if absent == len(all_stores) else "error"
 
@@ -332,8 +345,15 @@ class Prefetcher:
             for store in s:
                 store.close()
 
-    def _fetch_key(self, store, key: str, name: str, tmp: str, buffer: bytearray) -> bool:
+    def _fetch_key(self, store, key: str, name: str, tmp: str, buffer: bytearray,
+                   identity=None) -> bool:
+        from walkeeper.archiving.wal_store import content_check
         from walkeeper.format.objects import ObjectReader
+        from walkeeper.wal import parse_wal_name
+
+        check, _ = content_check(store, self.config.cluster,
+                                 self.config["compression.algorithm"], parse_wal_name(name),
+                                 identity)
 
         reader = store.open(key)
         path = os.path.join(self.dir, tmp)
@@ -343,13 +363,22 @@ class Prefetcher:
                 # Decoded into this worker's buffer. The last readinto raises
                 # CorruptObject unless the object verifies; the zstd frame's XXH64
                 # checks the content, so the body's SHA-256 is skipped.
-                obj = ObjectReader(reader.read, store.keyring, body_checksum=False)
+                obj = ObjectReader(reader.read, store.keyring, body_checksum=False, name=key)
                 view = memoryview(buffer)
+                head = b""
+                size = 0
                 while n := obj.readinto(buffer):
+                    if not head:
+                        head = bytes(view[:LONG_PAGE_HEADER_SIZE])
+                    size += n
                     chunk = view[:n]
                     while chunk:
                         chunk = chunk[f.write(chunk):]
                 trailer = obj.trailer
+                # Verified: now prove it is the segment asked for (its first page
+                # against the name, the archive's system identifier, the history of
+                # a new timeline's first segment) before it may be served as one.
+                check(head, size)
                 if self.boot == NO_BOOT:
                     os.fsync(f.fileno())     # no boot id to tell a crash's leftovers by
             os.rename(path, os.path.join(self.dir, f"{name}.{trailer.checksum}.{self.boot}"))

@@ -39,7 +39,7 @@ def put_stream(stores: list, key: str, chunks: Iterable[bytes], codec: str, leve
             out.errors[s.name] = exc
     if not uploads:
         return out
-    enc = Encoder(codec, level, size_hint, threads, seal)
+    enc = Encoder(codec, level, size_hint, threads, seal, name=key)
     try:
         for chunk in enc.run(chunks):
             for s, up in list(uploads.items()):
@@ -66,9 +66,28 @@ def put_stream(stores: list, key: str, chunks: Iterable[bytes], codec: str, leve
     return out
 
 
-def fetch_to_file(store, key: str, dest: str) -> Trailer:
+class _Head:
+    """A write() that passes everything on and keeps the first `keep` bytes."""
+
+    def __init__(self, write, keep: int):
+        self._write = write
+        self.keep = keep
+        self.head = b""
+        self.size = 0
+
+    def write(self, data) -> None:
+        if len(self.head) < self.keep:
+            self.head += bytes(data[:self.keep - len(self.head)])
+        self.size += len(data)
+        self._write(data)
+
+
+def fetch_to_file(store, key: str, dest: str, check=None, keep: int = 0) -> Trailer:
     """Write the verified content of `key` to `dest` atomically.
 
+    check(head, size): called once the object verified and before `dest` is touched,
+    with its first `keep` bytes and its size; it raises (CorruptObject,
+    MisplacedObject) when the content is not what was asked for.
     Raises ObjectNotFound, CorruptObject or StoreError; `dest` is untouched then.
     """
     reader = store.open(key)
@@ -77,7 +96,11 @@ def fetch_to_file(store, key: str, dest: str) -> Trailer:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
-            trailer = decode(reader.read, f.write, store.keyring)
+            sink = _Head(f.write, keep) if check is not None else None
+            trailer = decode(reader.read, sink.write if sink else f.write, store.keyring,
+                             name=key)
+        if check is not None:
+            check(sink.head, sink.size)
         os.replace(tmp, dest)
         return trailer
     except BaseException:

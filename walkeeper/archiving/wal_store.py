@@ -63,7 +63,7 @@ def _content_sha256(store, existing: Existing) -> bytes | None:
     digest = hashlib.sha256()
     reader = store.open(existing.key)
     try:
-        decode(reader.read, digest.update, store.keyring)
+        decode(reader.read, digest.update, store.keyring, name=existing.key)
     except CorruptObject:
         return None
     finally:
@@ -96,7 +96,7 @@ def _same_bytes(store, key: str, f) -> bool | None:
     f.seek(0)
     raw = store.open(key)
     try:
-        reader = ObjectReader(raw.read, store.keyring)
+        reader = ObjectReader(raw.read, store.keyring, name=key)
         while True:
             data = reader.read(CHUNK)
             if not data:
@@ -267,3 +267,89 @@ def _push(config: Config, f, wal: WalName, size: int, header, stores: list,
                               + (f"; stored in {', '.join(ok)}" if ok else ""))
     return written, digest
 
+
+# ------------------------------------------------ does the content fit the name?
+
+def archive_identity(store, cluster: str) -> dict:
+    """The store's identity.json as a dict ({} when absent or unreadable: the checks
+    that need it are then skipped, as they are for an archive that predates it)."""
+    from walkeeper.format import identity
+
+    try:
+        ident = identity.read(store, cluster)
+    except ValueError:
+        log.warn(f"store {store.name!r}: {cluster}/identity.json is damaged; fetch cannot "
+                 f"check the system identifier of what it serves")
+        return {}
+    return {} if ident is None else ident._asdict()
+
+
+def _int_or_none(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def read_history(store, cluster: str, timeline: int, codec: str):
+    """The parsed history of `timeline` from this store, checked against its name;
+    None when the store has no good copy."""
+    import io
+
+    from walkeeper.format.layout import wal_keys
+    from walkeeper.format.naming import check_history
+    from walkeeper.format.objects import decode
+
+    wal = parse_wal_name(f"{timeline:08X}.history")
+    for key in wal_keys(cluster, wal, codec):
+        try:
+            reader = store.open(key)
+        except ObjectNotFound:
+            continue
+        out = io.BytesIO()
+        try:
+            decode(reader.read, out.write, store.keyring, name=key)
+            return check_history(wal, out.getvalue())
+        except CorruptObject as exc:
+            log.debug(f"store {store.name!r}: {key}: {exc}")
+            return None
+        finally:
+            reader.close()
+    return None
+
+
+def content_check(store, cluster: str, codec: str, wal: WalName, identity=None):
+    """(check, keep) for transfer.fetch_to_file: prove the decoded content of an object
+    fetched from `store` is the file `wal` asks for (format/naming.py). Reads the
+    store's identity.json (a segment's system identifier, a .backup's segment size;
+    identity: a callable giving it, to read it once for many checks) and, only when
+    the content needs it, a history file."""
+    from walkeeper.format import naming
+
+    def archive_identity_(store, cluster):
+        return identity() if identity is not None else archive_identity(store, cluster)
+
+    if wal.kind in (WalKind.SEGMENT, WalKind.PARTIAL):
+        def check(head: bytes, size: int) -> None:
+            header = naming.segment_header(wal, head)
+            ident = archive_identity_(store, cluster)
+            history = (read_history(store, cluster, wal.timeline, codec)
+                       if naming.needs_history(wal, header) else None)
+            naming.check_segment(wal, header, size,
+                                 _int_or_none(ident.get("system_identifier")), history)
+        return check, LONG_PAGE_HEADER_SIZE
+    if wal.kind is WalKind.HISTORY:
+        def check(head: bytes, size: int) -> None:
+            entries = naming.check_history(wal, head)
+            parent = entries[-1].timeline
+            known = {}
+            if parent > 1:
+                theirs = read_history(store, cluster, parent, codec)
+                if theirs is not None:
+                    known[parent] = theirs
+            naming.check_history(wal, head, known)
+        return check, naming.HISTORY_LIMIT + 1
+    def check(head: bytes, size: int) -> None:
+        ident = archive_identity_(store, cluster)
+        naming.check_backup_file(wal, head, _int_or_none(ident.get("wal_segment_size")))
+    return check, 1 << 16

@@ -219,7 +219,7 @@ def write_metadata(stores: list, key: str, doc: dict, seal=None) -> None:
     if seal is not None:
         from walkeeper.format.objects import encode_bytes
 
-        data = encode_bytes(data, "zstd", seal)
+        data = encode_bytes(data, "zstd", seal, name=key)
     failed = []
     for s in stores:
         try:
@@ -249,7 +249,7 @@ def read_wal_file(stores: list, cluster: str, name: str, codec: str) -> bytes | 
                 break
             buf = io.BytesIO()
             try:
-                decode(reader.read, buf.write, s.keyring)
+                decode(reader.read, buf.write, s.keyring, name=key)
                 return buf.getvalue()
             except (CorruptObject, StoreError) as exc:
                 log.warn(f"store {s.name!r}: {key}: {exc}; trying the next store")

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from walkeeper import log
 from walkeeper.config import Config
-from walkeeper.errors import CorruptObject, ObjectNotFound, OperationFailed, StoreError, UsageError
+from walkeeper.errors import (CorruptObject, MisplacedObject, ObjectNotFound, OperationFailed,
+                              StoreError, UsageError)
 from walkeeper.format.objects import CHUNK, ThreadedObjectReader
 from walkeeper.stores import open_stores
 
@@ -150,16 +151,24 @@ def restore_backup(config: Config, backup, pgdata: str) -> str:
                 raw = store.open(f.key)
                 reader = None
                 try:
-                    reader = ThreadedObjectReader(raw.read, store.keyring)
+                    # name: a version 3 object records the key it was written under,
+                    # which holds the backup's id: a part of another backup is refused
+                    # before a byte is extracted.
+                    reader = ThreadedObjectReader(raw.read, store.keyring, name=f.key)
                     target = pgdata if f.name == "base.tar" else os.path.join(
                         pgdata, "pg_tblspc", f.name.removesuffix(".tar"))
                     os.makedirs(target, mode=0o700, exist_ok=True)
                     extract(reader, target)
+                    _check_recorded(backup, f, reader.trailer)
                 finally:
                     if reader is not None:
                         reader.close()
                     raw.close()
             return store.name
+        except MisplacedObject as exc:
+            problems.append(f"store {store.name!r}: {exc}")
+            log.warn(f"{problems[-1]}; trying the next store")
+            _empty(pgdata)
         except (ObjectNotFound, CorruptObject, StoreError, tarfile.TarError) as exc:
             problems.append(f"store {store.name!r}: {exc}")
             log.warn(f"{problems[-1]}; trying the next store")
@@ -168,6 +177,17 @@ def restore_backup(config: Config, backup, pgdata: str) -> str:
             store.close()
     raise OperationFailed(f"backup {backup.id} could not be restored from any store "
                           f"({'; '.join(problems)}); {pgdata} was left empty")
+
+
+def _check_recorded(backup, f, trailer) -> None:
+    """The part is the one backup.json describes: its checksum and size (for an object
+    that records no name, the only thing that binds it to its backup)."""
+    if trailer.checksum == f.sha256 and trailer.original_size == f.size:
+        return
+    raise MisplacedObject(f"file {f.name} of backup {backup.id}",
+                          f"another object (checksum {trailer.checksum}, "
+                          f"{trailer.original_size} bytes)",
+                          f"backup.json records checksum {f.sha256}, {f.size} bytes")
 
 
 def _empty(pgdata: str) -> None:

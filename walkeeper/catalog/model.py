@@ -90,6 +90,7 @@ class ArchiveModel:
     other: list[WalObject] = field(default_factory=list)       # .partial and .backup files
     temporary: list[str] = field(default_factory=list)         # leftover .tmp- keys
     unreadable: dict[str, str] = field(default_factory=dict)   # key -> why it was left out
+    misplaced: dict[str, str] = field(default_factory=dict)    # key -> what it holds instead
 
     def has_segment(self, seg: Segment) -> bool:
         return seg.number(self.wal_segment_size) in self.segments.get(seg.timeline, {})

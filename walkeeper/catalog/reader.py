@@ -19,7 +19,8 @@ import json
 from dataclasses import replace
 
 from walkeeper import log
-from walkeeper.errors import CorruptObject, ObjectNotFound, OperationFailed, StoreError
+from walkeeper.errors import (CorruptObject, MisplacedObject, ObjectNotFound, OperationFailed,
+                              StoreError)
 from walkeeper.format.layout import (BACKUP_META, backup_dir, backups_dir, identity_key, is_temp,
                                      stored_name)
 from walkeeper.catalog.model import ArchiveModel, BackupInfo, WalObject
@@ -69,7 +70,7 @@ def read_small(store, key: str, limit: int = SMALL_OBJECT_LIMIT) -> bytes:
         raise CorruptObject(f"larger than {limit} bytes, too large for what it claims to be")
     if len(raw) >= HEADER_SIZE and int.from_bytes(raw[:4], "little") == SKIPPABLE_MAGIC:
         out = io.BytesIO()
-        decode(io.BytesIO(raw).read, out.write, store.keyring)
+        decode(io.BytesIO(raw).read, out.write, store.keyring, name=key)
         return out.getvalue()
     if store.keyring is not None and not key.endswith(PLAIN_FILES):
         raise CorruptObject("stored in clear, but this archive is encrypted: refusing it "
@@ -146,6 +147,8 @@ def _read_history(store, key: str, timeline: int, model: ArchiveModel) -> None:
         model.histories[timeline] = parse_history(text, timeline)
     except ObjectNotFound:
         pass
+    except MisplacedObject as exc:
+        model.misplaced[key] = str(exc)
     except (CorruptObject, ValueError) as exc:
         model.unreadable[key] = f"history file unreadable: {exc}"
 
@@ -204,11 +207,15 @@ def _read_backups(store, cluster: str, model: ArchiveModel) -> None:
         except ObjectNotFound:
             model.incomplete_backups.append(d.name)     # removed while we looked
             continue
+        except MisplacedObject as exc:
+            model.misplaced[key] = str(exc)
+            continue
         except (CorruptObject, KeyError, TypeError, ValueError) as exc:
             model.unreadable[key] = f"backup metadata unreadable: {type(exc).__name__}: {exc}"
             continue
         if info.id != d.name:
-            model.unreadable[key] = f"backup metadata names id {info.id!r}, not its directory's"
+            model.misplaced[key] = (f"backup {d.name}'s {BACKUP_META} holds the metadata of "
+                                    f"backup {info.id}: copied from another backup")
             continue
         info.stored_bytes = {store.name: measured}
         model.backups.append(info)

@@ -7,6 +7,12 @@
     trailer  zstd skippable frame: magic 0x184D2A50, length 56,
              b"WKET", version, 0, 0, 0, original size (u64), body size (u64), sha256 (32 bytes)
 
+Version 3 (written today, whenever the writer knows the object's store key, which every
+store path does): the body starts with a name frame, a zstd skippable frame (magic
+0x184D2A51, length, b"WKEN", the store key in UTF-8), so an object copied under
+another name says so before a byte of it is used; encrypted, the name frame is part
+of every chunk's associated data, so it cannot be edited to match either.
+
 Version 2 (written today): the trailer's SHA-256 covers the body, the bytes stored, so
 an object is checked by hashing what is stored (a quarter of the original bytes for
 WAL, a fifth or less for a database) while zstd's own frame checksum (XXH64) checks
@@ -27,9 +33,11 @@ from collections.abc import Callable, Iterable, Iterator
 from walkeeper.errors import ConfigError, CorruptObject
 from walkeeper.record import record
 
-FORMAT_VERSION = 2          # what is written
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3          # what is written (2 by an Encoder given no name)
+READABLE_VERSIONS = (1, 2, 3)
 SKIPPABLE_MAGIC = 0x184D2A50
+NAME_MAGIC = 0x184D2A51     # the name frame of version 3 (another zstd skippable magic)
+NAME_MAX = 1024
 CODECS = {"none": 0, "zstd": 1}
 CODEC_NAMES = {v: k for k, v in CODECS.items()}
 CIPHER_NONE = 0
@@ -37,6 +45,7 @@ CIPHER_AES256GCM = 1
 
 _HEADER = struct.Struct("<II4sBBBB")
 _TRAILER = struct.Struct("<II4sB3sQQ32s")
+_NAME_HEAD = struct.Struct("<II4s")
 HEADER_SIZE = _HEADER.size  # 16
 TRAILER_SIZE = _TRAILER.size  # 64
 CHUNK = 1 << 20
@@ -77,6 +86,32 @@ def unpack_header(buf: bytes) -> Header:
     return Header(version, CODEC_NAMES[codec], cipher)
 
 
+def pack_name(name: str) -> bytes:
+    """Version 3's name frame: the store key the object was written under."""
+    raw = name.encode("utf-8")
+    if not raw or len(raw) > NAME_MAX:
+        raise ValueError(f"object name of {len(raw)} bytes (1..{NAME_MAX})")
+    return _NAME_HEAD.pack(NAME_MAGIC, 4 + len(raw), b"WKEN") + raw
+
+
+def _read_name(read: Callable[[int], bytes]) -> tuple[str, bytes]:
+    """(name, the frame's bytes) from the start of a version 3 body."""
+    head = _read_exact(read, _NAME_HEAD.size)
+    if len(head) < _NAME_HEAD.size:
+        raise CorruptObject("object shorter than its name frame")
+    magic, length, tag = _NAME_HEAD.unpack(head)
+    if magic != NAME_MAGIC or tag != b"WKEN" or not 4 < length <= 4 + NAME_MAX:
+        raise CorruptObject("object with a damaged name frame")
+    raw = _read_exact(read, length - 4)
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CorruptObject("object with a damaged name frame") from None
+    if len(raw) != length - 4:
+        raise CorruptObject("object shorter than its name frame")
+    return name, head + raw
+
+
 def pack_trailer(t: Trailer) -> bytes:
     return _TRAILER.pack(SKIPPABLE_MAGIC, TRAILER_SIZE - 8, b"WKET", t.version, bytes(3),
                          t.original_size, t.body_size, t.sha256)
@@ -114,23 +149,34 @@ class Encoder:
     """Encode a stream of original bytes into one stored object.
 
     key: an ArchiveKey (crypto.py) to encrypt with, or None for a plain object.
+    name: the store key the object is written under (format version 3, which binds it);
+    None writes version 2 (no name), which only tests and tools outside a store want.
     """
 
     def __init__(self, codec: str, level: int = 3, size_hint: int | None = None,
-                 threads: int = 2, key=None):
+                 threads: int = 2, key=None, name: str | None = None):
         self.codec = codec
         self.level = level
         self.size_hint = size_hint
         self.threads = threads
         self.key = key
+        self.name = name
+        self.version = FORMAT_VERSION if name is not None else 2
         self.trailer: Trailer | None = None
 
     def run(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         digest = hashlib.sha256()
         size = body = 0
         comp = _compressor(self.codec, self.level, self.size_hint, self.threads)
-        header = pack_header(self.codec, CIPHER_AES256GCM if self.key else CIPHER_NONE)
+        header = pack_header(self.codec, CIPHER_AES256GCM if self.key else CIPHER_NONE,
+                             self.version)
         yield header
+        if self.name is not None:
+            frame = pack_name(self.name)
+            digest.update(frame)
+            body += len(frame)
+            yield frame
+            header += frame         # the name is sealed into every chunk
         sealer = self.key.sealer(header) if self.key else None
         if sealer:
             out = sealer.preamble
@@ -153,13 +199,13 @@ class Encoder:
                 digest.update(out)
                 body += len(out)
                 yield out
-        self.trailer = Trailer(size, body, digest.digest())
+        self.trailer = Trailer(size, body, digest.digest(), self.version)
         yield pack_trailer(self.trailer)
 
 
-def encode_bytes(data: bytes, codec: str = "zstd", key=None) -> bytes:
+def encode_bytes(data: bytes, codec: str = "zstd", key=None, name: str | None = None) -> bytes:
     """A small object (metadata) in one piece."""
-    return b"".join(Encoder(codec, 3, len(data), 0, key).run([data] if data else []))
+    return b"".join(Encoder(codec, 3, len(data), 0, key, name).run([data] if data else []))
 
 
 def read_chunks(f, size: int = CHUNK) -> Iterator[bytes]:
@@ -246,11 +292,18 @@ class ObjectReader:
     and an encrypted body's tags (whose body is hashed all the same). The prefetcher
     reads this way (~3.5 ms less CPU per
     16 MiB segment); the body checksum stays what verify-chain and push check.
+
+    name: the store key the object was read from. A version 3 object records the key
+    it was written under; another one raises MisplacedObject before any byte is
+    returned (None: the caller does not know, nothing is compared). `.name` is the
+    recorded key (None before version 3).
     """
 
-    def __init__(self, read: Callable[[int], bytes], keyring=None, body_checksum: bool = True):
+    def __init__(self, read: Callable[[int], bytes], keyring=None, body_checksum: bool = True,
+                 name: str | None = None):
         head = unpack_header(_read_exact(read, HEADER_SIZE))
         self.version = head.version
+        self.name: str | None = None
         self._digest = hashlib.sha256()
         self._size = 0
         self.trailer: Trailer | None = None
@@ -261,6 +314,14 @@ class ObjectReader:
                                            or bool(head.cipher))
         self._body = _Body(read, self._digest.update if hash_body else None)
         source = self._body
+        sealed = pack_header(head.codec, head.cipher, head.version)
+        if head.version >= 3:
+            self.name, frame = _read_name(self._body.read)
+            sealed += frame
+            if name is not None and self.name != name:
+                from walkeeper.errors import MisplacedObject
+
+                raise MisplacedObject(name, self.name, "the name recorded in the object")
         if head.cipher:
             if keyring is None:
                 if not self._body.read(4).startswith(b"WKEC"):
@@ -271,7 +332,7 @@ class ObjectReader:
             from walkeeper.format.crypto import KeyMismatch
 
             try:
-                source = keyring.opener(source, pack_header(head.codec, head.cipher, head.version))
+                source = keyring.opener(source, sealed)
             except KeyMismatch:
                 self._check_body()  # a damaged preamble is corruption, not a wrong key
                 raise
@@ -378,13 +439,13 @@ class ThreadedObjectReader(ObjectReader):
 
     AHEAD = 8
 
-    def __init__(self, read: Callable[[int], bytes], keyring=None):
+    def __init__(self, read: Callable[[int], bytes], keyring=None, name: str | None = None):
         import queue
         import threading
 
         self._hash: queue.Queue = queue.Queue(self.AHEAD)
         self._stop = threading.Event()
-        super().__init__(read, keyring)
+        super().__init__(read, keyring, name=name)
         self._out: queue.Queue = queue.Queue(self.AHEAD)
         self._done = False
         self._pending = b""
@@ -469,10 +530,11 @@ class ThreadedObjectReader(ObjectReader):
 
 
 def decode(read: Callable[[int], bytes], write: Callable[[bytes], object] | None,
-           keyring=None, body_checksum: bool = True) -> Trailer:
+           keyring=None, body_checksum: bool = True, name: str | None = None) -> Trailer:
     """Read a stored object through `read`, verify it, pass original bytes to `write`
-    in pieces of at most CHUNK bytes (see ObjectReader about when to trust them)."""
-    r = ObjectReader(read, keyring, body_checksum)
+    in pieces of at most CHUNK bytes (see ObjectReader about when to trust them and
+    about `name`)."""
+    r = ObjectReader(read, keyring, body_checksum, name)
     while True:
         data = r.read(CHUNK)
         if not data:

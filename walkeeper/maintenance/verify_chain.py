@@ -10,7 +10,11 @@ Then, on the union of the stores checked (what fetch, trying every store, can
 find): each complete backup has its WAL from start to stop segment ("missing"),
 and every timeline is continuous from the oldest backup's start to its newest
 segment, following the .history files ("gap"). Objects one store holds and another
-lacks are "store_mismatch". Reading runs on a few threads (zstd and hashlib release
+lacks are "store_mismatch". An object that verifies but holds another name's content
+(format/naming.py: a segment's page header, a history file's parents, a .backup's
+WAL file; the name a version 3 object records; a backup file whose checksum is
+another backup's) is "misplaced", with both names. Objects of a format version
+before 3 (which record no name) are counted: `old_format_objects`. Reading runs on a few threads (zstd and hashlib release
 the GIL), one store connection per thread, one object at a time per thread, so
 memory stays bounded whatever the archive's size.
 """
@@ -24,19 +28,21 @@ from dataclasses import dataclass, field, replace
 from walkeeper import state
 from walkeeper.catalog.reader import merge, read_archive, recoverable_windows, runs
 from walkeeper.config import Config
-from walkeeper.errors import CorruptObject, ObjectNotFound, StoreError, UsageError
+from walkeeper.errors import CorruptObject, MisplacedObject, ObjectNotFound, StoreError, \
+    UsageError
+from walkeeper.format import naming
 from walkeeper.format.layout import BACKUP_META, backup_dir, is_temp, stored_name
 from walkeeper.catalog.model import ArchiveModel
-from walkeeper.format.objects import CHUNK, HEADER_SIZE, TRAILER_SIZE, ObjectReader, \
-    unpack_trailer
+from walkeeper.format.objects import CHUNK, FORMAT_VERSION, HEADER_SIZE, TRAILER_SIZE, \
+    ObjectReader, unpack_trailer
 from walkeeper.progress import Progress
 from walkeeper.record import record
 from walkeeper.stores import open_store
 from walkeeper.stores.registry import store_type
-from walkeeper.wal import LONG_PAGE_HEADER_SIZE, Segment, WalKind, check_segment_header, \
-    parse_long_page_header, parse_wal_name
+from walkeeper.wal import LONG_PAGE_HEADER_SIZE, Segment, WalKind, WalName, parse_wal_name
 
-KINDS = ("corrupt", "missing", "gap", "incomplete_backup", "leftover", "store_mismatch")
+KINDS = ("corrupt", "misplaced", "missing", "gap", "incomplete_backup", "leftover",
+         "store_mismatch")
 WORKERS = 3
 
 Problem = record("Problem", "kind store object detail")
@@ -48,9 +54,10 @@ class _Item:
     store: int                       # index into the stores checked
     key: str
     listed: int | None               # size in the listing; None: not listed (missing)
-    segment: Segment | None = None   # a WAL segment: check its page header too
+    wal: WalName | None = None       # a WAL file: check its content against its name
     sha256: str | None = None        # a backup file: the checksum its metadata records
     size: int | None = None          # and its original size
+    backup: str | None = None        # and the id of its backup
 
 
 @dataclass
@@ -60,6 +67,7 @@ class Report:
     stores: list[str] = field(default_factory=list)
     objects: int = 0
     bytes: int = 0
+    old_format: int = 0              # objects of a format version before FORMAT_VERSION
     quick: bool = False
 
     @property
@@ -68,7 +76,7 @@ class Report:
 
     def to_json(self) -> dict:
         return {"ok": self.ok, "problems": [p._asdict() for p in self.problems],
-                "windows": self.windows}
+                "windows": self.windows, "old_format_objects": self.old_format}
 
 
 # ---------------------------------------------------------------- the entry point
@@ -141,6 +149,8 @@ def _scan(config: Config, stores: list, report: Report) -> list[_Scan]:
                 "no backup.json: an interrupted (or running) basebackup, never restorable"))
         for key, why in sorted(m.unreadable.items()):
             report.problems.append(Problem("corrupt", store.name, key, why))
+        for key, why in sorted(m.misplaced.items()):
+            report.problems.append(Problem("misplaced", store.name, key, why))
     return scans
 
 
@@ -157,11 +167,13 @@ def _list_items(store, cluster: str, scan: _Scan, report: Report) -> None:
             continue
         if wal.kind is WalKind.HISTORY and name not in scan.histories:
             scan.histories[name] = f"{cluster}/wal/{e.name}"
-            scan.items.append(_Item(scan.index, scan.histories[name], e.size))
+            scan.items.append(_Item(scan.index, scan.histories[name], e.size, wal))
     for tli in sorted(m.segments):
         for obj in m.segments[tli].values():
-            scan.items.append(_Item(scan.index, obj.key, obj.stored_size, Segment.parse(obj.name)))
-    scan.items += [_Item(scan.index, o.key, o.stored_size) for o in m.other]
+            scan.items.append(_Item(scan.index, obj.key, obj.stored_size,
+                                    parse_wal_name(obj.name)))
+    scan.items += [_Item(scan.index, o.key, o.stored_size, parse_wal_name(o.name))
+                   for o in m.other]
     for b in m.backups:
         listed = {e.name: e.size for e in store.list(backup_dir(cluster, b.id)) if not e.is_dir}
         for f in b.files:
@@ -172,7 +184,7 @@ def _list_items(store, cluster: str, scan: _Scan, report: Report) -> None:
                                                f"store (backup.json lists it)"))
                 continue
             scan.items.append(_Item(scan.index, f.key, listed[base], sha256=f.sha256,
-                                    size=f.size))
+                                    size=f.size, backup=b.id))
             if listed[base] != f.stored_size:
                 report.problems.append(Problem("corrupt", store.name, f.key,
                                                f"stored as {listed[base]} bytes, backup.json "
@@ -236,7 +248,7 @@ def _check_objects(scans: list[_Scan], pool: _StorePool, quick: bool, show: bool
     progress = Progress(TRAILER_SIZE * len(items) if quick else stored, show, "verified",
                         objects=len(items))
     check = _check_quick if quick else _check_deep
-    sysids = {s.index: s.model.system_identifier for s in scans if s.model is not None}
+    contexts = {s.index: _Context(s.model) for s in scans if s.model is not None}
     bad: set[tuple[int, str]] = set()
     pending: set = set()
     todo = iter(items)
@@ -244,7 +256,7 @@ def _check_objects(scans: list[_Scan], pool: _StorePool, quick: bool, show: bool
         while True:
             # A bounded window of futures: a million segments are never all queued.
             for it in todo:
-                pending.add(ex.submit(_guarded, check, pool, it, sysids[it.store], progress))
+                pending.add(ex.submit(_guarded, check, pool, it, contexts[it.store], progress))
                 if len(pending) >= 4 * WORKERS:
                     break
             if not pending:
@@ -254,6 +266,8 @@ def _check_objects(scans: list[_Scan], pool: _StorePool, quick: bool, show: bool
                 it, kind, detail = fut.result()
                 progress.object_done()
                 report.objects += 1
+                if kind is None and detail is not None and detail < FORMAT_VERSION:
+                    report.old_format += 1
                 if kind is not None:
                     bad.add((it.store, it.key))
                     report.problems.append(Problem(kind, scans[it.store].name, it.key, detail))
@@ -263,9 +277,22 @@ def _check_objects(scans: list[_Scan], pool: _StorePool, quick: bool, show: bool
     return bad
 
 
-def _guarded(check, pool: _StorePool, it: _Item, sysid: int | None, progress: Progress):
+class _Context:
+    """What a store's archive says that an object's content must agree with."""
+
+    def __init__(self, model: ArchiveModel):
+        self.sysid = model.system_identifier
+        self.seg_size = model.wal_segment_size
+        self.histories = model.histories
+        # checksum -> "file F of backup B", to name what a swapped backup file holds
+        self.checksums = {f.sha256: (b.id, f.name) for b in model.backups for f in b.files}
+
+
+def _guarded(check, pool: _StorePool, it: _Item, ctx: _Context, progress: Progress):
     try:
-        return it, None, check(pool.get(it.store), it, sysid, progress)
+        return it, None, check(pool.get(it.store), it, ctx, progress)
+    except MisplacedObject as exc:
+        return it, "misplaced", str(exc)
     except CorruptObject as exc:
         return it, "corrupt", str(exc)
     except ObjectNotFound:
@@ -278,48 +305,60 @@ def _fail(detail: str):
     raise CorruptObject(detail)
 
 
-def _check_quick(store, it: _Item, sysid, progress: Progress) -> None:
+def _check_quick(store, it: _Item, ctx: _Context, progress: Progress) -> int:
+    """Returns the object's format version."""
     trailer = unpack_trailer(store.read_tail(it.key, TRAILER_SIZE))
     progress.update(TRAILER_SIZE)
     whole = HEADER_SIZE + trailer.body_size + TRAILER_SIZE
     if it.listed is not None and whole != it.listed:
         _fail(f"object is {it.listed} bytes, its trailer says {whole} "
               f"(body {trailer.body_size} + {HEADER_SIZE + TRAILER_SIZE}): truncated or damaged")
-    _compare_recorded(it, trailer)
+    _compare_recorded(it, trailer, ctx)
+    return trailer.version
 
 
-def _compare_recorded(it: _Item, trailer) -> None:
+def _compare_recorded(it: _Item, trailer, ctx: _Context) -> None:
     if it.sha256 is not None and trailer.checksum != it.sha256:
+        other = ctx.checksums.get(trailer.checksum)
+        if other is not None:
+            raise MisplacedObject(f"file {it.key.rsplit('/', 1)[-1]} of backup {it.backup}",
+                                  f"file {other[1]} of backup {other[0]}",
+                                  "its checksum is the one that backup's backup.json records")
         _fail(f"checksum {trailer.checksum} differs from backup.json's {it.sha256}")
     if it.size is not None and trailer.original_size != it.size:
         _fail(f"content is {trailer.original_size} bytes, backup.json says {it.size}")
 
 
-def _check_deep(store, it: _Item, sysid, progress: Progress) -> None:
+def _check_deep(store, it: _Item, ctx: _Context, progress: Progress) -> int:
+    """Returns the object's format version."""
+    wal = it.wal
+    keep = 0 if wal is None else (LONG_PAGE_HEADER_SIZE if wal.kind in (
+        WalKind.SEGMENT, WalKind.PARTIAL) else naming.HISTORY_LIMIT + 1)
     raw = store.open(it.key)
     try:
-        reader = ObjectReader(_Counted(raw.read, progress).read, store.keyring)
+        reader = ObjectReader(_Counted(raw.read, progress).read, store.keyring, name=it.key)
         head = b""
         size = 0
         while True:
             data = reader.read(CHUNK)
             if not data:
                 break
-            if len(head) < LONG_PAGE_HEADER_SIZE:
-                head += data[:LONG_PAGE_HEADER_SIZE - len(head)]
+            if len(head) < keep:
+                head += data[:keep - len(head)]
             size += len(data)
     finally:
         raw.close()
-    _compare_recorded(it, reader.trailer)
-    if it.segment is not None:
-        try:
-            header = parse_long_page_header(head)
-            check_segment_header(it.segment, header, size)
-        except ValueError as exc:
-            _fail(f"decodes and verifies, but its page header is wrong: {exc}")
-        if sysid is not None and header.system_identifier != sysid:
-            _fail(f"WAL of database system {header.system_identifier}, but the archive "
-                  f"(identity.json) belongs to system {sysid}")
+    _compare_recorded(it, reader.trailer, ctx)
+    if wal is None:
+        pass
+    elif wal.kind is WalKind.HISTORY:
+        naming.check_history(wal, head, ctx.histories)
+    elif wal.kind is WalKind.BACKUP:
+        naming.check_backup_file(wal, head, ctx.seg_size)
+    else:
+        header = naming.segment_header(wal, head)
+        naming.check_segment(wal, header, size, ctx.sysid, ctx.histories.get(wal.timeline))
+    return reader.version
 
 
 class _Counted:

@@ -159,6 +159,13 @@ def verify_chain(report) -> str:
     lines.append(f"checked {report.objects} objects ({report.bytes / (1 << 20):.1f} MiB read) "
                  f"in {', '.join(report.stores)}, {mode}: "
                  + ("no problem" if report.ok else f"{len(report.problems)} problem(s)"))
+    if getattr(report, "old_format", 0):
+        from walkeeper.format.objects import FORMAT_VERSION
+
+        lines.append(f"{report.old_format} object(s) of a format version before "
+                     f"{FORMAT_VERSION} (written by an earlier walkeeper; readable, but they "
+                     f"record no name, so a copy under the wrong name is caught by content "
+                     f"checks only)")
     return "\n".join(lines) + "\n"
 
 
