@@ -33,6 +33,30 @@ def _describe_plan(plan, dry_run: bool) -> str:
     ])
 
 
+def _describe_copy(plan, pgdata: str, dry_run: bool) -> str:
+    """What recover chose for the restored copy: stores, port, archiving."""
+    lines = []
+    if plan.skipped_stores:
+        lines.append(f"  stores      only {', '.join(plan.stores)}: "
+                     f"{', '.join(plan.skipped_stores)} could not be read, so the plan and "
+                     f"restore_command use only what was read (recovery can finish from it)")
+        lines.append(f"              to fetch from every store once it is back, set in "
+                     f"{pgdata}/postgresql.auto.conf:")
+        lines.append(f"                restore_command = '{plan.widen_command}'")
+        lines.append(f"              then: pg_ctl -D {pgdata} reload")
+    else:
+        lines.append(f"  stores      {', '.join(plan.stores)}")
+    lines.append(f"  port        {plan.port}" if plan.port is not None else
+                 "  port        the source's (give --port N to run it beside the source)")
+    lines.append("  archiving   on: the copy archives into this archive (it replaces the "
+                 "configured cluster, or --archive on)" if plan.archive else
+                 "  archiving   off (archive_mode = off; --archive on if this copy "
+                 "replaces the source)")
+    if dry_run:
+        lines.append("  read back   every object above has a good copy")
+    return "\n".join(lines)
+
+
 def _run(command: str, target: str, config_path: str | None, fn) -> int:
     """Load the config, run fn(config), map errors to one line and an exit code."""
     from walkeeper import config as config_mod
@@ -74,11 +98,11 @@ def _push(config_path, wal_path, wal_name) -> int:
     return _run("push", wal_name, config_path, go)
 
 
-def _fetch(config_path, wal_name, dest) -> int:
+def _fetch(config_path, wal_name, dest, stores=()) -> int:
     def go(cfg):
         from walkeeper.archiving import fetch as fetching
 
-        fetching.fetch(cfg, wal_name, dest)
+        fetching.fetch(cfg, wal_name, dest, list(stores))
 
     return _run("fetch", wal_name, config_path, go)
 
@@ -101,10 +125,22 @@ def _fast_path(argv: list[str]) -> int | None:
             config_path = a.split("=", 1)[1]
         elif a in HOT_COMMANDS:
             args = argv[i + 1:]
+            stores: list[str] = []
+            while a == "fetch" and args and args[0].startswith("--store"):
+                if args[0] == "--store" and len(args) > 1:
+                    stores.append(args[1])
+                    args = args[2:]
+                elif args[0].startswith("--store="):
+                    stores.append(args[0].split("=", 1)[1])
+                    args = args[1:]
+                else:
+                    return None
             if len(args) != 2 or any(x.startswith("-") and x != "-" for x in args):
                 return None
             log.level = level
-            return (_push if a == "push" else _fetch)(config_path, *args)
+            if a == "push":
+                return _push(config_path, *args)
+            return _fetch(config_path, *args, stores)
         else:
             return None
         i += 1
@@ -156,12 +192,14 @@ def _click_main(argv: list[str]) -> int:
         sys.exit(_push(config_path, wal_path, wal_name))
 
     @cli.command()
+    @click.option("--store", "stores", multiple=True, metavar="NAME",
+                  help="Try only this store (repeatable; default: every store, in order).")
     @click.argument("wal_name")
     @click.argument("dest_path")
     @click.pass_obj
-    def fetch(config_path, wal_name, dest_path):
+    def fetch(config_path, stores, wal_name, dest_path):
         """Restore one WAL file from the first store with a good copy (restore_command)."""
-        sys.exit(_fetch(config_path, wal_name, dest_path))
+        sys.exit(_fetch(config_path, wal_name, dest_path, stores))
 
     def run(command: str, fn, target: str = "") -> None:
         sys.exit(_run(command, target, ctx_config(), fn))
@@ -223,10 +261,17 @@ def _click_main(argv: list[str]) -> int:
                   default="pause", show_default=True)
     @click.option("--exclusive", is_flag=True, help="Stop just before the target, not after it.")
     @click.option("--backup", "backup_id", metavar="ID", help="Use this backup.")
-    @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+    @click.option("--port", type=click.IntRange(1, 65535), metavar="N",
+                  help="The restored copy's port (default: the source's).")
+    @click.option("--archive", type=click.Choice(["on", "off"]),
+                  help="Whether the restored copy archives (default: off, unless DIR is "
+                       "the configured [postgres] pgdata).")
+    @click.option("--dry-run", is_flag=True,
+                  help="Plan, and read back everything the recovery needs; change nothing.")
     @click.option("--json", "as_json", is_flag=True)
     def recover(pgdata, target_time, target_lsn, target_xid, target_name, immediate, latest,
-                target_timeline, target_action, exclusive, backup_id, dry_run, as_json):
+                target_timeline, target_action, exclusive, backup_id, port, archive, dry_run,
+                as_json):
         """Restore a base backup and configure recovery to a target."""
         from walkeeper.errors import UsageError
 
@@ -251,12 +296,14 @@ def _click_main(argv: list[str]) -> int:
             except ValueError as exc:
                 raise UsageError(f"--target-{kind}: {exc}") from None
             tl = int(target_timeline) if target_timeline.isdigit() else target_timeline
-            options = restore.RecoveryOptions(tl, target_action, not exclusive)
+            options = restore.RecoveryOptions(tl, target_action, not exclusive, port,
+                                              None if archive is None else archive == "on")
             plan = restore.recover(cfg, pgdata, target, options, backup_id, dry_run)
             if as_json:
                 emit_json(plan.to_json())
                 return
             click.echo(_describe_plan(plan, dry_run))
+            click.echo(_describe_copy(plan, os.path.abspath(pgdata), dry_run))
             if not dry_run:
                 var = cfg["encryption.passphrase_env"]
                 env = f"{var}=... " if var else ""

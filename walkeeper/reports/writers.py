@@ -81,6 +81,8 @@ def render_text(data: dict) -> str:
         if r["gaps"]:
             lines.append(f"WAL gaps      timeline {r['timeline']}: " + ", ".join(
                 a if a == b else f"{a}..{b}" for a, b in r["gaps"]))
+    for w in data.get("warnings") or []:
+        lines.append(f"WARNING       {w}")
     lines += ["", "stores"]
     for s in data["stores"]:
         if not s["reachable"]:
