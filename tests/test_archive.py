@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from walfiles import SYSID, segment_bytes, write_segment
+from storeroot import root as store_root
 
 SEG = "000000010000000000000005"
 
@@ -22,7 +23,7 @@ def write_config(tmp_path: Path, *, local: bool = True, sshd=None, extra: str = 
                  sftp: str = "", name: str = "walkeeper.toml") -> Path:
     parts = ['cluster = "test"', f'state_dir = "{tmp_path / "state"}"', extra]
     if local:
-        parts.append(f'[[stores]]\nname = "local"\ntype = "local"\npath = "{tmp_path / "local"}"')
+        parts.append(f'[[stores]]\nname = "local"\ntype = "local"\npath = "{store_root(tmp_path / "local")}"')
     if sshd is not None:
         parts.append(sshd.store_config(name="offsite") + "timeout = 5\nretries = 2\n" + sftp)
     path = tmp_path / name
@@ -79,7 +80,7 @@ def test_cluster_archives_to_both_stores_and_fetches_back(pg, sshd, wk, tmp_path
 
 def test_environment_only_configuration(pg, wk, tmp_path):
     """BACKUP_DIR=/x walkeeper push %p %f works with no config file at all."""
-    store = tmp_path / "backups"
+    store = store_root(tmp_path / "backups")
     cluster = pg.new(archive_mode="on",
                      archive_command=f"BACKUP_DIR={store} WALKEEPER_CLUSTER=ecar {wk.path} push %p %f")
     name = cluster.switch_wal()
@@ -93,7 +94,7 @@ def test_segment_from_a_cluster_is_refused_under_another_name(pg, wk, tmp_path):
     cluster = pg.new()
     name = cluster.switch_wal()
     src = cluster.pgdata / "pg_wal" / name
-    env = {"BACKUP_DIR": tmp_path / "s"}
+    env = {"BACKUP_DIR": store_root(tmp_path / "s")}
     wrong = name[:-1] + ("9" if name[-1] != "9" else "8")
     r = wk("push", src, wrong, env=env)
     assert r.returncode == 1
@@ -105,7 +106,7 @@ def test_segment_from_a_cluster_is_refused_under_another_name(pg, wk, tmp_path):
 
 @pytest.fixture
 def env(tmp_path):
-    return {"BACKUP_DIR": str(tmp_path / "store"), "WALKEEPER_STATE_DIR": str(tmp_path / "state")}
+    return {"BACKUP_DIR": str(store_root(tmp_path / "store")), "WALKEEPER_STATE_DIR": str(tmp_path / "state")}
 
 
 def test_duplicate_and_conflicting_push(wk, tmp_path, env):
@@ -139,7 +140,7 @@ def test_malformed_names_are_usage_errors_and_write_nothing(wk, tmp_path, env, n
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     r = wk("fetch", name, tmp_path / "dest", env=env)
     assert r.returncode == 2
-    assert not (tmp_path / "store").exists()
+    assert not list((tmp_path / "store").iterdir())
     assert not (tmp_path / "dest").exists()
 
 
@@ -260,7 +261,7 @@ def test_full_local_disk_fails_cleanly(wk, tmp_path):
     cfg = write_config(tmp_path, local=False,
                        extra=f'[compression]\nalgorithm = "none"\n[[stores]]\nname = "tiny"\n'
                              f'type = "local"\npath = "{mnt}/store"')
-    script = (f"mount -t tmpfs -o size=1m tmpfs {mnt} || exit 99; "
+    script = (f"mount -t tmpfs -o size=1m tmpfs {mnt} || exit 99; mkdir {mnt}/store; "
               f"{wk.path} --config {cfg} push {seg} {SEG}; echo rc=$?; "
               f"find {mnt} -type f; {wk.path} --config {cfg} fetch {SEG} {tmp_path}/back; "
               f"echo fetch=$?")

@@ -23,6 +23,7 @@ from walkeeper.format import objects
 from walkeeper.errors import OperationFailed
 from walkeeper.catalog.model import BackupInfo
 from walkeeper.wal import parse_lsn
+from storeroot import root as store_root
 
 
 def write_config(tmp_path: Path, cluster=None, *, local: bool = True, sshd=None,
@@ -32,7 +33,7 @@ def write_config(tmp_path: Path, cluster=None, *, local: bool = True, sshd=None,
     parts = ['cluster = "test"', f'state_dir = "{tmp_path / "state"}"',
              f'[postgres]\nconninfo = "{conninfo}"\nbindir = "{PG_BIN}"', extra]
     if local:
-        parts.append(f'[[stores]]\nname = "local"\ntype = "local"\npath = "{tmp_path / "local"}"')
+        parts.append(f'[[stores]]\nname = "local"\ntype = "local"\npath = "{store_root(tmp_path / "local")}"')
     if sshd is not None:
         parts.append(sshd.store_config(name="offsite") + "timeout = 10\nretries = 2\n")
     path = tmp_path / name
@@ -291,7 +292,7 @@ def test_wal_missing_from_a_store_means_no_metadata(pg, wk, tmp_path, monkeypatc
     cluster.execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g")
     # The backup goes to a second store that archive_command does not feed.
     both = write_config(tmp_path, cluster, name="both.toml", extra=(
-        f'[[stores]]\nname = "second"\ntype = "local"\npath = "{tmp_path / "second"}"'))
+        f'[[stores]]\nname = "second"\ntype = "local"\npath = "{store_root(tmp_path / "second")}"'))
     monkeypatch.setattr(backup, "WAL_WAIT", 2.0)
     with pytest.raises(OperationFailed) as exc:
         backup.take_basebackup(config_mod.load(str(both)), None, False)

@@ -10,13 +10,14 @@ import pytest
 
 from pgharness import PG_BIN
 from procs import free_port
+from storeroot import root as store_root
 
 
 def write_config(tmp_path, conninfo, sshd=None, store="store", name="walkeeper.toml"):
     cfg = tmp_path / name
     text = (f'cluster = "chk"\nstate_dir = "{tmp_path / "state"}"\n'
             f'[postgres]\nconninfo = "{conninfo}"\nbindir = "{PG_BIN}"\n'
-            f'[[stores]]\nname = "local"\ntype = "local"\npath = "{tmp_path / store}"\n')
+            f'[[stores]]\nname = "local"\ntype = "local"\npath = "{store_root(tmp_path / store)}"\n')
     if sshd is not None:
         text += sshd.store_config(name="offsite") + "timeout = 5\nretries = 1\n"
     cfg.write_text(text)

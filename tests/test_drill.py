@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 from pgharness import PG_BIN
+from storeroot import root as store_root
 
 
 def write_config(tmp_path, cluster, sql: str | None = None):
     cfg = tmp_path / "walkeeper.toml"
     text = (f'cluster = "drill"\nstate_dir = "{tmp_path / "state"}"\n'
             f'[postgres]\nconninfo = "{cluster.conninfo}"\nbindir = "{PG_BIN}"\n'
-            f'[[stores]]\nname = "local"\ntype = "local"\npath = "{tmp_path / "store"}"\n')
+            f'[[stores]]\nname = "local"\ntype = "local"\npath = "{store_root(tmp_path / "store")}"\n')
     if sql is not None:
         text += f"[drill]\nsql = {json.dumps(sql)}\n"
     cfg.write_text(text)

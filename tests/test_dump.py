@@ -13,6 +13,7 @@ from walkeeper import config as config_mod
 from walkeeper.backups import dump
 from walkeeper.errors import OperationFailed
 from walkeeper.stores.local import LocalStore
+from storeroot import root as store_root
 
 
 def write_config(tmp_path: Path, cluster, extra: str = "") -> Path:
@@ -20,7 +21,7 @@ def write_config(tmp_path: Path, cluster, extra: str = "") -> Path:
     path.write_text("\n".join([
         'cluster = "test"', f'state_dir = "{tmp_path / "state"}"',
         f'[postgres]\nconninfo = "{cluster.conninfo}"\nbindir = "{PG_BIN}"', extra,
-        f'[[stores]]\nname = "local"\ntype = "local"\npath = "{tmp_path / "local"}"']) + "\n")
+        f'[[stores]]\nname = "local"\ntype = "local"\npath = "{store_root(tmp_path / "local")}"']) + "\n")
     return path
 
 

@@ -15,6 +15,7 @@ import pytest
 from walfiles import segment_bytes, write_segment
 from walkeeper.archiving.prefetcher import boot_tag
 from walkeeper.wal import Segment
+from storeroot import root as store_root
 
 FIRST = "000000010000000000000020"
 
@@ -31,7 +32,7 @@ def names(first: str, count: int) -> list[str]:
 def write_config(tmp_path: Path, extra: str = "", name: str = "walkeeper.toml") -> Path:
     cfg = tmp_path / name
     cfg.write_text(f'cluster = "pf"\nstate_dir = "{tmp_path / "state"}"\n{extra}\n'
-                   f'[[stores]]\nname = "local"\ntype = "local"\npath = "{tmp_path / "store"}"\n')
+                   f'[[stores]]\nname = "local"\ntype = "local"\npath = "{store_root(tmp_path / "store")}"\n')
     return cfg
 
 

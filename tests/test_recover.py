@@ -9,13 +9,14 @@ import time
 import pytest
 
 from pgharness import PG_BIN
+from storeroot import root as store_root
 
 
 def write_config(tmp_path, cluster) -> object:
     cfg = tmp_path / "walkeeper.toml"
     cfg.write_text(f'cluster = "pitr"\nstate_dir = "{tmp_path / "state"}"\n'
                    f'[postgres]\nconninfo = "{cluster.conninfo}"\nbindir = "{PG_BIN}"\n'
-                   f'[[stores]]\nname = "local"\ntype = "local"\npath = "{tmp_path / "store"}"\n')
+                   f'[[stores]]\nname = "local"\ntype = "local"\npath = "{store_root(tmp_path / "store")}"\n')
     return cfg
 
 

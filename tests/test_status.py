@@ -21,6 +21,7 @@ from pgharness import PG_BIN
 from sshharness import SSHD, SshServer
 from walkeeper.reports import status as status_mod
 from walkeeper.reports import writers as status_writers
+from storeroot import root as store_root
 
 World = namedtuple("World", "tmp wk sshd cluster cfg backup last_wal drill")
 
@@ -32,7 +33,7 @@ def write_config(tmp_path, cluster, sshd=None):
     cfg = tmp_path / "walkeeper.toml"
     text = (f'cluster = "stat"\nstate_dir = "{tmp_path / "state"}"\n'
             f'[postgres]\nconninfo = "{cluster.conninfo}"\nbindir = "{PG_BIN}"\n'
-            f'[[stores]]\nname = "local"\ntype = "local"\npath = "{tmp_path / "store"}"\n')
+            f'[[stores]]\nname = "local"\ntype = "local"\npath = "{store_root(tmp_path / "store")}"\n')
     if sshd is not None:
         text += sshd.store_config(name="offsite") + "timeout = 5\nretries = 1\n"
     cfg.write_text(text)

@@ -10,6 +10,7 @@ import pytest
 
 from pgharness import PG_BIN
 from walkeeper.wal import Segment, format_lsn
+from storeroot import root as store_root
 
 CLUSTER = "pitr"
 SEG = 16 << 20
@@ -19,7 +20,7 @@ def write_config(tmp_path, cluster, store, extra: str = ""):
     cfg = tmp_path / f"walkeeper-{store.name}.toml"
     cfg.write_text(f'cluster = "{CLUSTER}"\nstate_dir = "{tmp_path / "state"}"\n'
                    f'[postgres]\nconninfo = "{cluster.conninfo}"\nbindir = "{PG_BIN}"\n'
-                   f'[[stores]]\nname = "local"\ntype = "local"\npath = "{store}"\n' + extra)
+                   f'[[stores]]\nname = "local"\ntype = "local"\npath = "{store_root(store)}"\n' + extra)
     return cfg
 
 

@@ -397,6 +397,30 @@ def _click_main(argv: list[str]) -> int:
         run("verify-chain", go, store_name or "")
 
     @cli.command()
+    @click.option("--from", "from_store", metavar="STORE", help="Copy only from this store.")
+    @click.option("--to", "to_store", metavar="STORE", help="Copy only into this store.")
+    @click.option("--dry-run", is_flag=True, help="Verify and list what would be copied.")
+    @click.option("--json", "as_json", is_flag=True, help="One JSON object, stable for scripts.")
+    def sync(from_store, to_store, dry_run, as_json):
+        """Copy every verified object a store lacks (or holds corrupt) from another store."""
+        def go(cfg):
+            from walkeeper.errors import OperationFailed
+            from walkeeper.maintenance import sync as sync_mod
+
+            result = sync_mod.sync(cfg, from_store, to_store, dry_run, log.info)
+            if as_json:
+                emit_json(result)
+            else:
+                click.echo(sync_mod.render_text(result), nl=False)
+            if not result["ok"]:
+                raise OperationFailed(
+                    f"{len(result['unrecoverable'])} object(s) without a good copy anywhere, "
+                    f"{len(result['store_errors'])} store(s) not reachable",
+                    hint="see \"unrecoverable\" and \"store_errors\"" if as_json
+                    else "see the list above")
+        run("sync", go, to_store or "")
+
+    @cli.command()
     @click.option("--keep", is_flag=True, help="Keep the restored copy (its path is printed).")
     @click.option("--json", "as_json", is_flag=True, help="One JSON object, stable for scripts.")
     def drill(keep, as_json):
