@@ -22,6 +22,7 @@ import pytest
 
 from pgharness import PG_BIN, ClusterFactory
 from sshharness import SSHD, SshServer
+from storeroot import root as store_root
 
 WALKEEPER = Path(sys.executable).parent / "walkeeper"
 
@@ -144,7 +145,9 @@ def make_config(tmp_path: Path, *, cluster: str = "test", conninfo: str | None =
         parts.append(f'[postgres]\nconninfo = "{conninfo}"\nbindir = "{PG_BIN}"')
     parts.append(sections)
     if local:
-        where = tmp_path / "local" if store is None else store
+        # Created as `walkeeper check` creates it on first-time setup: push never
+        # creates a missing store root (tests/storeroot.py).
+        where = store_root(tmp_path / "local" if store is None else store)
         parts.append(f'[[stores]]\nname = "local"\ntype = "local"\npath = "{where}"')
     if sshd is not None:
         parts.append(sshd.store_config(name="offsite") + sshd_options)

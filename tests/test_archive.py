@@ -15,6 +15,7 @@ import pytest
 
 from walfiles import SYSID, segment_bytes, write_segment
 from conftest import make_config
+from storeroot import root as store_root
 
 SEG = "000000010000000000000005"
 
@@ -74,7 +75,7 @@ def test_cluster_archives_to_both_stores_and_fetches_back(pg, sshd, wk, tmp_path
 
 def test_environment_only_configuration(pg, wk, tmp_path):
     """BACKUP_DIR=/x walkeeper push %p %f works with no config file at all."""
-    store = tmp_path / "backups"
+    store = store_root(tmp_path / "backups")
     cluster = pg.new(archive_mode="on",
                      archive_command=f"BACKUP_DIR={store} WALKEEPER_CLUSTER=ecar {wk.path} push %p %f")
     name = cluster.switch_wal()
@@ -88,7 +89,7 @@ def test_segment_from_a_cluster_is_refused_under_another_name(pg, wk, tmp_path):
     cluster = pg.new()
     name = cluster.switch_wal()
     src = cluster.pgdata / "pg_wal" / name
-    env = {"BACKUP_DIR": tmp_path / "s"}
+    env = {"BACKUP_DIR": store_root(tmp_path / "s")}
     wrong = name[:-1] + ("9" if name[-1] != "9" else "8")
     r = wk("push", src, wrong, env=env)
     assert r.returncode == 1
@@ -100,7 +101,7 @@ def test_segment_from_a_cluster_is_refused_under_another_name(pg, wk, tmp_path):
 
 @pytest.fixture
 def env(tmp_path):
-    return {"BACKUP_DIR": str(tmp_path / "store"), "WALKEEPER_STATE_DIR": str(tmp_path / "state")}
+    return {"BACKUP_DIR": str(store_root(tmp_path / "store")), "WALKEEPER_STATE_DIR": str(tmp_path / "state")}
 
 
 def test_duplicate_and_conflicting_push(wk, tmp_path, env):
@@ -134,7 +135,7 @@ def test_malformed_names_are_usage_errors_and_write_nothing(wk, tmp_path, env, n
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     r = wk("fetch", name, tmp_path / "dest", env=env)
     assert r.returncode == 2
-    assert not (tmp_path / "store").exists()
+    assert not list((tmp_path / "store").iterdir())
     assert not (tmp_path / "dest").exists()
 
 
@@ -257,7 +258,7 @@ def test_full_local_disk_fails_cleanly(wk, tmp_path):
     cfg = write_config(tmp_path, local=False,
                        extra=f'[compression]\nalgorithm = "none"\n[[stores]]\nname = "tiny"\n'
                              f'type = "local"\npath = "{mnt}/store"')
-    script = (f"mount -t tmpfs -o size=1m tmpfs {mnt} || exit 99; "
+    script = (f"mount -t tmpfs -o size=1m tmpfs {mnt} || exit 99; mkdir {mnt}/store; "
               f"{wk.path} --config {cfg} push {seg} {SEG}; echo rc=$?; "
               f"find {mnt} -type f; {wk.path} --config {cfg} fetch {SEG} {tmp_path}/back; "
               f"echo fetch=$?")

@@ -24,6 +24,7 @@ from walkeeper.errors import OperationFailed
 from walkeeper.catalog.model import BackupInfo
 from walkeeper.wal import parse_lsn
 from conftest import make_config
+from storeroot import root as store_root
 
 
 def write_config(tmp_path: Path, cluster=None, *, local: bool = True, sshd=None,
@@ -285,7 +286,7 @@ def test_wal_missing_from_a_store_means_no_metadata(pg, wk, tmp_path, monkeypatc
     cluster.execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g")
     # The backup goes to a second store that archive_command does not feed.
     both = write_config(tmp_path, cluster, name="both.toml", extra=(
-        f'[[stores]]\nname = "second"\ntype = "local"\npath = "{tmp_path / "second"}"'))
+        f'[[stores]]\nname = "second"\ntype = "local"\npath = "{store_root(tmp_path / "second")}"'))
     monkeypatch.setattr(backup, "WAL_WAIT", 2.0)
     with pytest.raises(OperationFailed) as exc:
         backup.take_basebackup(config_mod.load(str(both)), None, False)

@@ -28,6 +28,7 @@ from walkeeper.catalog.model import ArchiveModel, BackupInfo, WalObject
 from walkeeper.stores.local import LocalStore
 from walkeeper.stores.sftp_client import SftpStore
 from walkeeper.wal import HistoryEntry, Segment, parse_lsn
+from storeroot import root as store_root
 
 MiB = 1 << 20
 SEG16 = 16 * MiB
@@ -116,7 +117,7 @@ def run_wk(*args, env: dict | None = None) -> subprocess.CompletedProcess:
 def built_archive(tmp_path_factory) -> Path:
     """Pushed once per module (13 pushes of 16 MiB segments); tests get a copy."""
     work = tmp_path_factory.mktemp("archive")
-    root = work / "store"
+    root = store_root(work / "store")
     env = {"BACKUP_DIR": root, "WALKEEPER_CLUSTER": CLUSTER, "XDG_STATE_HOME": work / "state"}
     push_all(run_wk, work, [], env)
     finish_archive(root)
@@ -306,7 +307,7 @@ def test_two_stores_pushed_through_one_config(wk, tmp_path, sshd):
     root = tmp_path / "local"
     cfg = tmp_path / "walkeeper.toml"
     cfg.write_text(f'cluster = "{CLUSTER}"\nstate_dir = "{tmp_path / "state"}"\n'
-                   f'[[stores]]\nname = "local"\ntype = "local"\npath = "{root}"\n'
+                   f'[[stores]]\nname = "local"\ntype = "local"\npath = "{store_root(root)}"\n'
                    + sshd.store_config(name="offsite") + "timeout = 10\nretries = 1\n")
     push_all(wk, tmp_path, ["--config", cfg], {})
     local = finish_archive(root)
@@ -346,7 +347,7 @@ def test_two_stores_pushed_through_one_config(wk, tmp_path, sshd):
 def test_list_goes_on_when_a_store_is_down(wk, tmp_path, sshd, archive):
     cfg = tmp_path / "two.toml"
     cfg.write_text(f'cluster = "{CLUSTER}"\n[[stores]]\nname = "local"\ntype = "local"\n'
-                   f'path = "{archive}"\n' + sshd.store_config(name="offsite")
+                   f'path = "{store_root(archive)}"\n' + sshd.store_config(name="offsite")
                    + "timeout = 2\nretries = 1\n")
     sshd.stop()
     data = list_data(config_mod.load(str(cfg), env={}))

@@ -20,6 +20,7 @@ from walkeeper.format.crypto import PREAMBLE_SIZE, SEAL_CHUNK, TAG_SIZE, KeyMism
 from walkeeper.errors import ConfigError, CorruptObject
 from walkeeper.format.objects import CHUNK, HEADER_SIZE, TRAILER_SIZE, Encoder, decode
 from walkeeper.stores.local import LocalStore
+from storeroot import root as store_root
 
 MiB = 1 << 20
 
@@ -265,7 +266,7 @@ def test_master_key_cache(tmp_path, monkeypatch):
 
 # ------------------------------------------------- the archive's encryption.json
 def store(tmp_path, name="local") -> LocalStore:
-    return LocalStore(name, str(tmp_path / name))
+    return LocalStore(name, str(store_root(tmp_path / name)))
 
 
 def test_writer_key_records_and_checks_the_archive_key(tmp_path):

@@ -25,6 +25,7 @@ from walfiles import write_segment
 from walkeeper.format import objects
 from walkeeper.format.crypto import PREAMBLE_SIZE, SEAL_CHUNK, TAG_SIZE
 from walkeeper.format.objects import HEADER_SIZE, TRAILER_SIZE
+from storeroot import root as store_root
 
 PASS_VAR = "WK_TEST_PASSPHRASE"
 PASSPHRASE = "wk-test-passphrase-" + os.urandom(8).hex()
@@ -60,7 +61,7 @@ def runner(tmp: Path):
 
 
 def local_store(path: Path, name: str = "local") -> str:
-    return f'[[stores]]\nname = "{name}"\ntype = "local"\npath = "{path}"\n'
+    return f'[[stores]]\nname = "{name}"\ntype = "local"\npath = "{store_root(path)}"\n'
 
 
 def sftp_store(sshd) -> str:

@@ -14,6 +14,7 @@ import pytest
 from walkeeper.stores.local import LocalStore
 from walkeeper.wal import Segment, format_lsn, parse_wal_name
 from conftest import make_config
+from storeroot import root as store_root
 
 CLUSTER = "exp"
 SEG = 16 << 20
@@ -222,8 +223,8 @@ def test_every_store_deletes_what_it_holds(wk, tmp_path):
     fake_archive(b, range(4, 20), {"m": 6, "a": 14}, suffix=".raw")   # another codec
     cfg = tmp_path / "two.toml"
     cfg.write_text(f'cluster = "{CLUSTER}"\nstate_dir = "{tmp_path / "state"}"\n'
-                   f'[[stores]]\nname = "a"\ntype = "local"\npath = "{a}"\n'
-                   f'[[stores]]\nname = "b"\ntype = "local"\npath = "{b}"\n'
+                   f'[[stores]]\nname = "a"\ntype = "local"\npath = "{store_root(a)}"\n'
+                   f'[[stores]]\nname = "b"\ntype = "local"\npath = "{store_root(b)}"\n'
                    + RETENTION)
     done = ok(wk("--config", cfg, "expire", "--json"))
     assert [k["id"] for k in done["kept"]] == ["a", "b"]

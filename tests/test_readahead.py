@@ -22,6 +22,7 @@ import pytest
 from conftest import clean_env
 from walfiles import segment_bytes, write_segment
 from walkeeper.wal import Segment
+from storeroot import root as store_root
 
 FIRST = "000000010000000000000010"
 
@@ -78,7 +79,7 @@ def failures(tmp_path: Path) -> list[dict]:
 
 @pytest.fixture
 def env(tmp_path):
-    return {"BACKUP_DIR": tmp_path / "store", "WALKEEPER_STATE_DIR": tmp_path / "state"}
+    return {"BACKUP_DIR": store_root(tmp_path / "store"), "WALKEEPER_STATE_DIR": tmp_path / "state"}
 
 
 def set_mode(root: Path, mode: int) -> None:
@@ -343,7 +344,7 @@ def test_no_read_ahead_outside_pg_wal_or_with_one_worker(wk, tmp_path, env, pg_w
     make_ready(pg_wal, segs)
     cfg = tmp_path / "one.toml"
     cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n[push]\nparallel = 1\n'
-                   f'[[stores]]\nname = "local"\ntype = "local"\npath = "{tmp_path / "store"}"\n')
+                   f'[[stores]]\nname = "local"\ntype = "local"\npath = "{store_root(tmp_path / "store")}"\n')
     assert wk("--config", cfg, "push", pg_wal / segs[0], segs[0]).returncode == 0
     assert objects(tmp_path / "store") == [f"{segs[0]}.zst"]
     elsewhere = tmp_path / "elsewhere"
@@ -464,7 +465,7 @@ def test_encrypted_archive_through_the_pusher(wk, tmp_path, pg_wal):
     cfg = tmp_path / "enc.toml"
     cfg.write_text(f'cluster = "enc"\nstate_dir = "{tmp_path / "state"}"\n'
                    f'[encryption]\npassphrase_env = "WK_RA_PASSPHRASE"\n'
-                   f'[[stores]]\nname = "local"\ntype = "local"\npath = "{tmp_path / "store"}"\n')
+                   f'[[stores]]\nname = "local"\ntype = "local"\npath = "{store_root(tmp_path / "store")}"\n')
     env = {"WK_RA_PASSPHRASE": "read-ahead-" + os.urandom(8).hex()}
     segs = names(FIRST, 4)
     make_ready(pg_wal, segs)
@@ -502,7 +503,7 @@ def config_for(tmp_path: Path, cluster: str) -> Path:
     cfg = tmp_path / "walkeeper.toml"
     cfg.write_text(f'cluster = "{cluster}"\nstate_dir = "{tmp_path / "state"}"\n'
                    f'[push]\nparallel = 2\n'
-                   f'[[stores]]\nname = "local"\ntype = "local"\npath = "{tmp_path / "store"}"\n')
+                   f'[[stores]]\nname = "local"\ntype = "local"\npath = "{store_root(tmp_path / "store")}"\n')
     return cfg
 
 

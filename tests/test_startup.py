@@ -13,6 +13,7 @@ from pathlib import Path
 from conftest import clean_env
 from test_prefetch import archive, entries, recovery_dir, wait_cleaned, wait_for  # noqa: F401
 from test_readahead import make_ready, names, pg_wal, pusher_gone, records  # noqa: F401
+from storeroot import root as store_root
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +49,7 @@ def test_a_fetch_served_from_the_spool_imports_only_what_it_uses(wk, tmp_path, a
 
 
 def test_a_push_read_ahead_already_did_imports_only_what_it_uses(wk, tmp_path, pg_wal):
-    env = {"BACKUP_DIR": tmp_path / "store", "WALKEEPER_STATE_DIR": tmp_path / "state"}
+    env = {"BACKUP_DIR": store_root(tmp_path / "store"), "WALKEEPER_STATE_DIR": tmp_path / "state"}
     segs = names("000000010000000000000010", 3)
     make_ready(pg_wal, segs)
     assert wk("push", pg_wal / segs[0], segs[0], env=env).returncode == 0

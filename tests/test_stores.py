@@ -126,7 +126,8 @@ def sftp_config(sshd, **kw) -> StoreConfig:
 @pytest.fixture(params=["local", "sftp"])
 def backend(request, tmp_path):
     if request.param == "local":
-        root = tmp_path / "local-store"          # does not exist yet: the store creates it
+        root = tmp_path / "local-store"          # as `walkeeper check` leaves it
+        root.mkdir(mode=0o700)
         cfg = StoreConfig(name="local", type="local", path=str(root))
         sshd = None
     else:
@@ -313,7 +314,7 @@ def test_modes_on_disk(backend, not_root):
     up.write(b"in progress")
     created = [backend.root / CLUSTER, backend.root / CLUSTER / "wal", backend.root / DIR]
     if backend.kind == "local":
-        created.insert(0, backend.root)  # the store created its own root too
+        created.insert(0, backend.root)  # as `walkeeper check` creates it
     for d in created:
         assert stat.S_IMODE(d.stat().st_mode) == 0o700, f"{d}: {stat.S_IMODE(d.stat().st_mode):o}"
     files = [backend.root / KEY, backend.root / HISTORY_KEY] + \
@@ -589,3 +590,23 @@ def test_sftp_frozen_server_during_read_times_out(sshd):
     finally:
         sshd.thaw_connections()
         store.close()
+
+
+def test_a_missing_root_is_never_created_by_a_put(backend, tmp_path):
+    """A mistyped or unmounted store path must fail, not fill a new directory; only
+    create_root (first-time setup, `walkeeper check`) makes it."""
+    import shutil
+
+    from walkeeper.errors import StoreError
+
+    store = backend.store
+    assert store.root_exists() is True
+    shutil.rmtree(backend.root)
+    assert store.root_exists() is False
+    with pytest.raises(StoreError, match="does not exist"):
+        store.put_bytes(KEY, b"wal")
+    assert not backend.root.exists()
+    assert store.create_root() is True and backend.root.is_dir()
+    assert store.create_root() is False
+    store.put_bytes(KEY, b"wal")
+    assert read_all(store.open(KEY)) == b"wal"

@@ -15,10 +15,11 @@ def push(config, wal_path: str, wal_name: str) -> None:
     pushing.push(config, wal_path, wal_name)
 
 
-def fetch(config, wal_name: str, dest: str) -> None:
+def fetch(config, wal_name: str, dest: str, stores=()) -> None:
+    """stores: names of the only stores to try (recover's plan-bound restore_command)."""
     from walkeeper.archiving import fetch as fetching
 
-    fetching.fetch(config, wal_name, dest)
+    fetching.fetch(config, wal_name, dest, list(stores))
 
 
 def basebackup(config, label: str | None = None, progress: bool = False):
@@ -40,9 +41,12 @@ def recover(config, pgdata: str, *, target_time: str | None = None,
             target_lsn: str | None = None, target_xid: str | None = None,
             target_name: str | None = None, immediate: bool = False, latest: bool = False,
             target_timeline: str | int = "latest", target_action: str = "pause",
-            exclusive: bool = False, backup_id: str | None = None, dry_run: bool = False):
+            exclusive: bool = False, backup_id: str | None = None, port: int | None = None,
+            archive: bool | None = None, dry_run: bool = False):
     """Exactly one target, as the operator typed it; the recovery plan (restored
-    into pgdata unless dry_run). UsageError for a bad or missing target."""
+    into pgdata unless dry_run). port: the copy's; archive: whether the copy archives
+    (None: only when pgdata is the configured cluster's). UsageError for a bad or
+    missing target."""
     from walkeeper.backups import recover as restore
     from walkeeper.catalog import planner
     from walkeeper.errors import UsageError
@@ -62,7 +66,7 @@ def recover(config, pgdata: str, *, target_time: str | None = None,
         timeline = planner.parse_target_timeline(target_timeline)
     except ValueError as exc:
         raise UsageError(f"--target-timeline: {exc}") from None
-    options = restore.RecoveryOptions(timeline, target_action, not exclusive)
+    options = restore.RecoveryOptions(timeline, target_action, not exclusive, port, archive)
     return restore.recover(config, pgdata, target, options, backup_id, dry_run)
 
 
@@ -91,6 +95,14 @@ def verify_chain(config, store: str | None = None, quick: bool = False,
     return verify.verify_chain(config, store, quick, progress)
 
 
+def sync(config, from_store: str | None = None, to_store: str | None = None,
+         dry_run: bool = False, progress=None) -> dict:
+    """progress(text) is told of each object copied."""
+    from walkeeper.maintenance import sync as syncing
+
+    return syncing.sync(config, from_store, to_store, dry_run, progress)
+
+
 def drill(config, keep: bool = False) -> dict:
     from walkeeper.backups import drill as drilling
 
@@ -116,6 +128,10 @@ def verdict(command: str, data):
         from walkeeper.maintenance import verify_chain as verify
 
         return verify.failure(data)
+    if command == "sync":
+        from walkeeper.maintenance import sync as syncing
+
+        return syncing.failure(data)
     if command == "check":
         from walkeeper.maintenance import check as checking
 

@@ -180,6 +180,30 @@ def server_info(conninfo: str) -> dict:
     return info
 
 
+_TIMELINE_SQL = """
+SELECT (SELECT system_identifier FROM pg_control_system()),
+       CASE WHEN pg_is_in_recovery() THEN NULL
+            ELSE pg_walfile_name(pg_current_wal_lsn()) END,
+       (SELECT timeline_id FROM pg_control_checkpoint())
+"""
+
+
+def current_timeline(conninfo: str, system_identifier: int | None = None) -> int | None:
+    """The timeline the cluster at conninfo is on (a primary's insert timeline, else
+    its last checkpoint's); None when it cannot be reached or asked, or when it is
+    not the system `system_identifier` (another cluster answering on that socket)."""
+    import psycopg
+
+    try:
+        with connect(conninfo) as conn:
+            sysid, walfile, checkpoint_tli = conn.execute(_TIMELINE_SQL).fetchone()
+    except (OperationFailed, psycopg.Error):
+        return None
+    if system_identifier is not None and int(sysid) != system_identifier:
+        return None
+    return int(walfile[:8], 16) if walfile else int(checkpoint_tli)
+
+
 def ensure_database(conninfo: str, name: str) -> bool:
     """Create database `name` (from template0, as restoring a dump wants) unless it
     exists; True when it was created."""

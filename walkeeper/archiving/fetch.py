@@ -58,8 +58,24 @@ def _prefetch_early(prefetcher, config: Config, wal: WalName, keys: list[str]) -
         prefetcher.kick(config, wal, found.trailer.original_size)
 
 
-def fetch(config: Config, wal_name: str, dest: str) -> str:
-    """Bring WAL_NAME back to DEST from the first store with a good copy."""
+def restrict(config: Config, only) -> None:
+    """Keep only the stores named in `only` (fetch --store, repeatable), in the
+    configured order. A name that is not configured any more aborts recovery (exit
+    255): reporting the file missing would end recovery at the wrong point."""
+    if not only:
+        return
+    names = [c.name for c in config.stores]
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        raise ArchiveUnreadable(f"--store {unknown[0]}: no such store; configured: "
+                                f"{', '.join(names)}; fix restore_command")
+    config.stores = [c for c in config.stores if c.name in only]
+
+
+def fetch(config: Config, wal_name: str, dest: str, only=None) -> str:
+    """Bring WAL_NAME back to DEST from the first store with a good copy; only: the
+    names of the stores to try (default: every configured store)."""
+    restrict(config, only)
     wal = parse_name(wal_name)
     dest = os.path.abspath(dest)
     if not os.path.isdir(os.path.dirname(dest)):

@@ -54,11 +54,15 @@ def run_drill(config: Config, keep: bool = False) -> dict:
     step, backup_id = "planning", None
     try:
         started = time.monotonic()
-        newest, end = _newest_backup(config)
+        newest, end, sysid = _newest_backup(config)
         backup_id = newest.id
+        # The timeline the configured cluster is on, when it answers: the archive's
+        # newest may be a stray one (a restored copy promoted with archiving on).
+        own = pg.current_timeline(config["postgres.conninfo"], sysid)
         step = f"restoring backup {backup_id}"
         plan = recover(config, server.pgdata, Target("latest"),
-                       RecoveryOptions("latest", "promote", True), backup_id=backup_id)
+                       RecoveryOptions("latest" if own is None else own, "promote", True),
+                       backup_id=backup_id)
         _check_reaches_end(plan, end)
         _configure(server)
         step = "starting PostgreSQL"
@@ -97,7 +101,8 @@ def run_drill(config: Config, keep: bool = False) -> dict:
     result = {"ok": True, "seconds": round(seconds, 3), "backup": backup_id,
               "timeline": plan.target_timeline, "last_wal": plan.last_wal,
               "databases": databases, "sql": bool(sql.strip()),
-              "kept": server.pgdata if keep else None, "reason": None}
+              "kept": server.pgdata if keep else None, "reason": None,
+              "warnings": list(plan.warnings)}
     state.record_success(config.state_dir, "drill", **result)
     return result
 
@@ -129,7 +134,7 @@ def _newest_backup(config: Config):
         raise OperationFailed("the archive holds no complete backup")
     ends = {tli: (max(segs), archive.wal_segment_size)
             for tli, segs in archive.segments.items() if segs}
-    return backups[-1], ends
+    return backups[-1], ends, archive.system_identifier
 
 
 def _check_reaches_end(plan, ends: dict) -> None:

@@ -28,11 +28,18 @@ RECOVERY_KEYS = ("restore_command", "recovery_target", "recovery_target_time",
                  "recovery_target_inclusive")
 
 
+# Server settings recover writes for the restored copy: a copy must neither take the
+# source's port nor archive into its archive unless it replaces the source.
+SERVER_KEYS = ("port", "archive_mode", "archive_command")
+
+
 @dataclass
 class RecoveryOptions:
     target_timeline: str = "latest"     # latest | current | N
     target_action: str = "pause"        # pause | promote | shutdown
     inclusive: bool = True
+    port: int | None = None             # None: keep the source's port setting
+    archive: bool | None = None         # None: on only when DIR is [postgres] pgdata
 
 
 def check_target_dir(pgdata: str) -> None:
@@ -142,10 +149,14 @@ def extract(reader, pgdata: str) -> int:
     return total
 
 
-def restore_backup(config: Config, backup, pgdata: str) -> str:
-    """Extract every file of `backup` into pgdata from the first good store."""
+def restore_backup(config: Config, backup, pgdata: str, only: list[str] | None = None) -> str:
+    """Extract every file of `backup` into pgdata from the first good store (of those
+    named in `only`, when given)."""
     problems = []
     for store in open_stores(config):
+        if only is not None and store.name not in only:
+            store.close()
+            continue
         try:
             for f in backup.files:
                 raw = store.open(f.key)
@@ -199,8 +210,9 @@ def _empty(pgdata: str) -> None:
             os.unlink(p)
 
 
-def restore_command(config: Config) -> str:
-    """A restore_command that calls this very walkeeper with the same configuration."""
+def _walkeeper_command(config: Config) -> tuple[list[str], list[str]]:
+    """(environment assignments, argv) that run this very walkeeper with the same
+    configuration, for PostgreSQL to call."""
     exe = os.path.abspath(sys.argv[0])
     cmd = [exe] if os.path.basename(exe) == "walkeeper" and os.access(exe, os.X_OK) \
         else [sys.executable, "-m", "walkeeper"]
@@ -215,15 +227,30 @@ def restore_command(config: Config) -> str:
         for var in ENV_STORE_VARIABLES + ("WALKEEPER_CLUSTER", "WALKEEPER_STATE_DIR"):
             if os.environ.get(var):
                 prefix.append(f"{var}={shlex.quote(os.environ[var])}")
-    return " ".join(prefix + [shlex.quote(c) for c in cmd] + ["fetch", "%f", "%p"])
+    return prefix, cmd
+
+
+def restore_command(config: Config, only: list[str] | None = None) -> str:
+    """A restore_command that calls this very walkeeper with the same configuration;
+    only: the stores it may fetch from (`fetch --store NAME` each), None: every store."""
+    prefix, cmd = _walkeeper_command(config)
+    stores = [a for n in (only or ()) for a in ("--store", n)]
+    return " ".join(prefix + [shlex.quote(c) for c in cmd + ["fetch"] + stores]
+                    + ["%f", "%p"])
+
+
+def archive_command(config: Config) -> str:
+    prefix, cmd = _walkeeper_command(config)
+    return " ".join(prefix + [shlex.quote(c) for c in cmd] + ["push", "%p", "%f"])
 
 
 def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def recovery_settings(config: Config, plan, options: RecoveryOptions) -> list[tuple[str, str]]:
-    settings = [("restore_command", restore_command(config))]
+def recovery_settings(config: Config, plan, options: RecoveryOptions,
+                      only: list[str] | None = None) -> list[tuple[str, str]]:
+    settings = [("restore_command", restore_command(config, only))]
     target = plan.target.setting()
     if target is not None:
         settings.append(target)
@@ -237,13 +264,33 @@ def recovery_settings(config: Config, plan, options: RecoveryOptions) -> list[tu
     return settings
 
 
-def write_recovery_settings(pgdata: str, pg_version: int, settings: list[tuple[str, str]]) -> None:
+def server_settings(config: Config, options: RecoveryOptions) -> list[tuple[str, str]]:
+    """port and archiving of the restored copy (see RecoveryOptions)."""
+    out = []
+    if options.port is not None:
+        out.append(("port", str(options.port)))
+    if options.archive:
+        out += [("archive_mode", "on"), ("archive_command", archive_command(config))]
+    else:
+        # archive_command too: an operator who turns archive_mode back on must not
+        # find the source's command, pushing into the source's archive.
+        out += [("archive_mode", "off"), ("archive_command", "")]
+    return out
+
+
+def write_recovery_settings(pgdata: str, pg_version: int, settings: list[tuple[str, str]],
+                            server: list[tuple[str, str]] = ()) -> None:
     lines = [f"{k} = {_quote(v)}\n" for k, v in settings]
     header = "# Recovery settings written by walkeeper recover\n"
+    replaced = {k for k, _ in server}
     if pg_version and pg_version < 120000:
         with open(os.path.join(pgdata, "recovery.conf"), "w") as f:
             f.write(header + "standby_mode = 'off'\n" + "".join(lines))
-        return
+        lines = []
+        replaced_keys = replaced
+    else:
+        replaced_keys = replaced | set(RECOVERY_KEYS)
+    lines += [f"{k} = {_quote(v)}\n" for k, v in server]
     auto = os.path.join(pgdata, "postgresql.auto.conf")
     kept = []
     if os.path.exists(auto):
@@ -251,25 +298,114 @@ def write_recovery_settings(pgdata: str, pg_version: int, settings: list[tuple[s
             for line in f:
                 key = line.split("=", 1)[0].strip()
                 kept.append(f"# walkeeper: stale, commented out: {line}"
-                            if key in RECOVERY_KEYS else line)
+                            if key in replaced_keys else line)
     if kept and not kept[-1].endswith("\n"):
         kept[-1] += "\n"
     fd = os.open(auto, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write("".join(kept) + header + "".join(lines))
+    if pg_version and pg_version < 120000:
+        return
     fd = os.open(os.path.join(pgdata, "recovery.signal"), os.O_WRONLY | os.O_CREAT, 0o600)
     os.close(fd)
 
 
+def replaces_cluster(config: Config, pgdata: str) -> bool:
+    """Whether DIR is the configured cluster's own data directory ([postgres] pgdata)."""
+    own = config["postgres.pgdata"]
+    return bool(own) and os.path.realpath(os.path.expanduser(own)) == os.path.realpath(pgdata)
+
+
+def newer_timeline_warning(config: Config, archive) -> str | None:
+    """A warning when the archive holds a timeline newer than the one the configured
+    cluster is on (a restored copy promoted and archiving into this archive?); None
+    when it does not, or when the cluster cannot be reached."""
+    from walkeeper import pg
+
+    own = pg.current_timeline(config["postgres.conninfo"], archive.system_identifier)
+    if own is None:
+        return None
+    newer = [t for t in archive.timelines() if t > own]
+    if not newer:
+        return None
+    return (f"the archive holds timeline {max(newer)}, newer than timeline {own} that the "
+            f"cluster at {pg.where(config['postgres.conninfo'])} is on: a restored copy "
+            f"promoted with archiving on may have written it; `--target-timeline {own}` "
+            f"follows the cluster")
+
+
+def verify_plan(config: Config, plan, only: list[str]) -> int:
+    """Read back everything the recovery will read (the backup's files, the history
+    files and every segment) from the stores `only`, as fetch would: each must have a
+    good copy in one of them. Returns the objects checked; OperationFailed names
+    those without a good copy."""
+    from walkeeper.format.layout import wal_keys
+    from walkeeper.format.objects import decode
+    from walkeeper.stores import open_store
+    from walkeeper.wal import parse_wal_name
+
+    codec = config["compression.algorithm"]
+    wanted = [(f"backup {plan.backup.id} {f.name}", [f.key]) for f in plan.backup.files]
+    for tli in plan.timelines:
+        if tli > 1:
+            name = f"{tli:08X}.history"
+            wanted.append((name, wal_keys(config.cluster, parse_wal_name(name), codec)))
+    wanted += [(n, wal_keys(config.cluster, parse_wal_name(n), codec)) for n in plan.segments]
+    stores = [open_store(c, config.keyring) for c in config.stores if c.name in only]
+    bad = []
+    try:
+        for what, keys in wanted:
+            problems = []
+            for store in stores:
+                try:
+                    if _verify_one(store, keys, decode):
+                        break
+                    problems.append(f"absent from store {store.name!r}")
+                except CorruptObject as exc:
+                    problems.append(f"corrupt in store {store.name!r} ({exc})")
+                except StoreError as exc:
+                    problems.append(str(exc))
+            else:
+                bad.append(f"{what}: {'; '.join(problems)}")
+    finally:
+        for store in stores:
+            store.close()
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise OperationFailed(f"dry run: {len(bad)} of the {len(wanted)} objects this recovery "
+                              f"reads have no good copy: {bad[0]}{more}",
+                              hint="run verify-chain; the real run would fail there")
+    return len(wanted)
+
+
+def _verify_one(store, keys: list[str], decode) -> bool:
+    for key in keys:
+        try:
+            raw = store.open(key)
+        except ObjectNotFound:
+            continue
+        try:
+            decode(raw.read, None, store.keyring)
+        finally:
+            raw.close()
+        return True
+    return False
+
+
 def recover(config: Config, pgdata: str, target, options: RecoveryOptions,
             backup_id: str | None = None, dry_run: bool = False):
-    """Plan the recovery to `target`; unless dry_run, restore and configure pgdata."""
+    """Plan the recovery to `target`; unless dry_run, restore and configure pgdata.
+
+    The plan is made from the stores that could be read, and the restore_command
+    written fetches from exactly those: a store unreachable now would otherwise make
+    fetch abort (exit 255) at the end of the archive, and recovery end in FATAL.
+    """
     from walkeeper.catalog import reader as catalog
     from walkeeper.catalog import planner
 
     pgdata = os.path.abspath(pgdata)
     check_target_dir(pgdata)
-    archive = catalog.read_merged(config, "recovery planning")
+    archive, read, failed = catalog.read_stores(config, "recovery planning")
     if backup_id is not None:
         archive.backups = [b for b in archive.backups if b.id == backup_id]
         if not archive.backups:
@@ -277,12 +413,26 @@ def recover(config: Config, pgdata: str, target, options: RecoveryOptions,
     plan = planner.plan(archive, target, options.target_timeline)
     for note in plan.notes:
         log.info(note)
+    only = read if failed else None
+    plan.stores, plan.skipped_stores = list(read), dict(failed)
+    if failed:
+        plan.widen_command = restore_command(config)
+    archive_on = replaces_cluster(config, pgdata) if options.archive is None else options.archive
+    plan.port, plan.archive = options.port, archive_on
+    warning = newer_timeline_warning(config, archive)
+    if warning:
+        plan.warnings.append(warning)
+        log.warn(warning)
     if dry_run:
+        verify_plan(config, plan, read)
         return plan
     os.makedirs(pgdata, mode=0o700, exist_ok=True)
     os.chmod(pgdata, 0o700)
-    store = restore_backup(config, plan.backup, pgdata)
+    store = restore_backup(config, plan.backup, pgdata, only)
     write_recovery_settings(pgdata, plan.backup.pg_version,
-                            recovery_settings(config, plan, options))
+                            recovery_settings(config, plan, options, only),
+                            server_settings(config, RecoveryOptions(
+                                options.target_timeline, options.target_action,
+                                options.inclusive, options.port, archive_on)))
     log.debug(f"restored backup {plan.backup.id} from {store} into {pgdata}")
     return plan

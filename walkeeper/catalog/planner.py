@@ -138,6 +138,13 @@ class RecoveryPlan:
     bytes: int
     target: Target
     notes: list[str] = field(default_factory=list)
+    # What recover decided around the plan (recover.py fills these in):
+    stores: list[str] = field(default_factory=list)         # the stores planned from
+    skipped_stores: dict[str, str] = field(default_factory=dict)   # unreadable: why
+    widen_command: str | None = None     # restore_command over every store
+    port: int | None = None              # None: the source's own
+    archive: bool | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {
@@ -150,6 +157,11 @@ class RecoveryPlan:
             "bytes": self.bytes,
             "target": {"type": self.target.kind, "value": self.target.json_value()},
             "notes": list(self.notes),
+            "stores": list(self.stores),
+            "skipped_stores": dict(self.skipped_stores),
+            "port": self.port,
+            "archive": self.archive,
+            "warnings": list(self.warnings),
         }
 
 

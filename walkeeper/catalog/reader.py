@@ -267,19 +267,32 @@ def merge(models: list[ArchiveModel]) -> ArchiveModel:
 def read_merged(config, purpose: str, *, with_history: bool = True) -> ArchiveModel:
     """Every readable store of the cluster, merged: what fetch can find. A store that
     cannot be read is named on stderr; none at all is an error."""
-    from walkeeper.stores import open_stores
+    return read_stores(config, purpose, with_history=with_history)[0]
 
-    models = []
-    for store in open_stores(config):
+
+def read_stores(config, purpose: str, *, with_history: bool = True,
+                only: list[str] | None = None) -> tuple[ArchiveModel, list[str], dict[str, str]]:
+    """read_merged, and which stores it was made from: (model, the names of the
+    stores read, {name: error} of those that could not be read). only: read just
+    these stores (names, in the configured order)."""
+    from walkeeper.stores import open_store
+
+    models, read, failed = [], [], {}
+    for cfg in config.stores:
+        if only is not None and cfg.name not in only:
+            continue
+        store = open_store(cfg, config.keyring)
         try:
             models.append(read_archive(store, config.cluster, with_history=with_history))
+            read.append(store.name)
         except StoreError as exc:
+            failed[store.name] = str(exc)
             log.warn(f"{exc}; {purpose} goes on without this store")
         finally:
             store.close()
     if not models:
         raise OperationFailed(f"no store could be read; {purpose} is not possible")
-    return merge(models)
+    return merge(models), read, failed
 
 
 def runs(segnos) -> list[tuple[int, int]]:

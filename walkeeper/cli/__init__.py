@@ -55,10 +55,11 @@ def push_command(config_path, wal_path, wal_name) -> int:
     return run("push", wal_name, config_path, lambda cfg: commands.push(cfg, wal_path, wal_name))
 
 
-def fetch_command(config_path, wal_name, dest) -> int:
+def fetch_command(config_path, wal_name, dest, stores=()) -> int:
     from walkeeper import commands
 
-    return run("fetch", wal_name, config_path, lambda cfg: commands.fetch(cfg, wal_name, dest))
+    return run("fetch", wal_name, config_path,
+               lambda cfg: commands.fetch(cfg, wal_name, dest, stores))
 
 
 def _fast_path(argv: list[str]) -> int | None:
@@ -79,10 +80,22 @@ def _fast_path(argv: list[str]) -> int | None:
             config_path = a.split("=", 1)[1]
         elif a in HOT_COMMANDS:
             args = argv[i + 1:]
+            stores: list[str] = []
+            while a == "fetch" and args and args[0].startswith("--store"):
+                if args[0] == "--store" and len(args) > 1:
+                    stores.append(args[1])
+                    args = args[2:]
+                elif args[0].startswith("--store="):
+                    stores.append(args[0].split("=", 1)[1])
+                    args = args[1:]
+                else:
+                    return None
             if len(args) != 2 or any(x.startswith("-") and x != "-" for x in args):
                 return None
             log.level = level
-            return (push_command if a == "push" else fetch_command)(config_path, *args)
+            if a == "push":
+                return push_command(config_path, *args)
+            return fetch_command(config_path, *args, stores)
         else:
             return None
         i += 1

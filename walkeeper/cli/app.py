@@ -69,12 +69,14 @@ def push(config_path, wal_path, wal_name):
 
 
 @cli.command()
+@click.option("--store", "stores", multiple=True, metavar="NAME",
+              help="Try only this store (repeatable; default: every store, in order).")
 @click.argument("wal_name")
 @click.argument("dest_path")
 @click.pass_obj
-def fetch(config_path, wal_name, dest_path):
+def fetch(config_path, stores, wal_name, dest_path):
     """Restore one WAL file from the first store with a good copy (restore_command)."""
-    sys.exit(fetch_command(config_path, wal_name, dest_path))
+    sys.exit(fetch_command(config_path, wal_name, dest_path, stores))
 
 
 @cli.command()
@@ -113,17 +115,25 @@ def list_(as_json):
               default="pause", show_default=True)
 @click.option("--exclusive", is_flag=True, help="Stop just before the target, not after it.")
 @click.option("--backup", "backup_id", metavar="ID", help="Use this backup.")
-@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--port", type=click.IntRange(1, 65535), metavar="N",
+              help="The restored copy's port (default: the source's).")
+@click.option("--archive", type=click.Choice(["on", "off"]),
+              help="Whether the restored copy archives (default: off, unless DIR is "
+                   "the configured [postgres] pgdata).")
+@click.option("--dry-run", is_flag=True,
+              help="Plan, and read back everything the recovery needs; change nothing.")
 @click.option("--json", "as_json", is_flag=True)
 def recover(pgdata, target_time, target_lsn, target_xid, target_name, immediate, latest,
-            target_timeline, target_action, exclusive, backup_id, dry_run, as_json):
+            target_timeline, target_action, exclusive, backup_id, port, archive, dry_run,
+            as_json):
     """Restore a base backup and configure recovery to a target."""
     def work(cfg):
         plan = commands.recover(
             cfg, pgdata, target_time=target_time, target_lsn=target_lsn,
             target_xid=target_xid, target_name=target_name, immediate=immediate,
             latest=latest, target_timeline=target_timeline, target_action=target_action,
-            exclusive=exclusive, backup_id=backup_id, dry_run=dry_run)
+            exclusive=exclusive, backup_id=backup_id, port=port,
+            archive=None if archive is None else archive == "on", dry_run=dry_run)
         if as_json:
             _write("recover", plan, "json")
         else:
@@ -177,6 +187,20 @@ def verify_chain(store_name, quick, as_json):
         _write("verify-chain", report, "json" if as_json else "text")
         _fail_if("verify-chain", report)
     _execute("verify-chain", work, store_name or "")
+
+
+@cli.command()
+@click.option("--from", "from_store", metavar="STORE", help="Copy only from this store.")
+@click.option("--to", "to_store", metavar="STORE", help="Copy only into this store.")
+@click.option("--dry-run", is_flag=True, help="Verify and list what would be copied.")
+@JSON
+def sync(from_store, to_store, dry_run, as_json):
+    """Copy every verified object a store lacks (or holds corrupt) from another store."""
+    def work(cfg):
+        result = commands.sync(cfg, from_store, to_store, dry_run, log.info)
+        _write("sync", result, "json" if as_json else "text")
+        _fail_if("sync", result)
+    _execute("sync", work, to_store or "")
 
 
 @cli.command()

@@ -111,8 +111,14 @@ def _check_store(config: Config, cfg) -> Check:
     store = None
     step = "open"
     started = time.monotonic()
+    created = False
     try:
         store = open_store(cfg)
+        # First-time setup: the one place a missing store root is created (push,
+        # basebackup and sync refuse it: a mistyped or unmounted path must fail).
+        step = "create the store's root"
+        create_root = getattr(store, "create_root", None)
+        created = bool(create_root()) if create_root is not None else False
         step = "write"
         store.put_bytes(key, payload)
         step = "read back"
@@ -144,7 +150,8 @@ def _check_store(config: Config, cfg) -> Check:
         if store is not None:
             store.close()
     ms = (time.monotonic() - started) * 1000
-    return Check(name, True, f"write, read back, delete ({store.location}, {ms:.0f} ms)")
+    return Check(name, True, ("created the store's root (first-time setup); " if created else "")
+                 + f"write, read back, delete ({store.location}, {ms:.0f} ms)")
 
 
 def _check_encryption(config: Config) -> Check:

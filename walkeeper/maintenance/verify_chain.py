@@ -41,8 +41,8 @@ from walkeeper.stores import open_store
 from walkeeper.stores.registry import store_type
 from walkeeper.wal import LONG_PAGE_HEADER_SIZE, Segment, WalKind, WalName, parse_wal_name
 
-KINDS = ("corrupt", "misplaced", "missing", "gap", "incomplete_backup", "leftover",
-         "store_mismatch")
+KINDS = ("no_archive", "corrupt", "misplaced", "missing", "gap", "incomplete_backup",
+         "leftover", "store_mismatch")
 WORKERS = 3
 
 Problem = record("Problem", "kind store object detail")
@@ -136,6 +136,14 @@ def _scan(config: Config, stores: list, report: Report) -> list[_Scan]:
         scans.append(scan)
         try:
             scan.model = read_archive(store, config.cluster)
+            empty = _no_archive(store, config.cluster, scan.model)
+            if empty is not None:
+                # Nothing to check is a problem, not "0 objects, no problem"; and an
+                # empty store is left out of the comparisons (one line, not hundreds
+                # of store_mismatch).
+                scan.model = None
+                report.problems.append(Problem("no_archive", store.name, store.location, empty))
+                continue
             _list_items(store, config.cluster, scan, report)
         except StoreError as exc:
             scan.model = None
@@ -153,6 +161,21 @@ def _scan(config: Config, stores: list, report: Report) -> list[_Scan]:
             report.problems.append(Problem("misplaced", store.name, key, why))
     return scans
 
+
+
+def _no_archive(store, cluster: str, m: ArchiveModel) -> str | None:
+    """Why the store holds no archive of `cluster` (its root is missing, or nothing of
+    the cluster is in it), or None when it holds one."""
+    root_exists = getattr(store, "root_exists", None)
+    if root_exists is not None and not root_exists():
+        return (f"the store's root {store.location} does not exist: not mounted, or "
+                f"mistyped? (`walkeeper check` creates it on first-time setup)")
+    if m.segments or m.histories or m.other or m.backups or m.incomplete_backups \
+            or m.unreadable or store.list(f"{cluster}/dumps"):
+        return None
+    return (f"the store holds no archive of cluster {cluster!r} (no WAL, backup or dump): "
+            f"a wrong path or cluster name, an empty mount point, or a store never "
+            f"synced (`walkeeper sync`)")
 
 
 def _list_items(store, cluster: str, scan: _Scan, report: Report) -> None:

@@ -75,6 +75,8 @@ def status(data: dict) -> str:
         if r["gaps"]:
             lines.append(f"WAL gaps      timeline {r['timeline']}: " + ", ".join(
                 a if a == b else f"{a}..{b}" for a, b in r["gaps"]))
+    for w in data.get("warnings") or []:
+        lines.append(f"WARNING       {w}")
     lines += ["", "stores"]
     for s in data["stores"]:
         if not s["reachable"]:
@@ -208,11 +210,54 @@ def recover(plan, dry_run: bool = False, pgdata: str | None = None,
         f"  target      {plan.target.kind}"
         + (f" {plan.target.value}" if plan.target.value is not None else ""),
     ]
+    if pgdata:
+        lines += _copy(plan, os.path.abspath(pgdata), dry_run)
     if not dry_run and pgdata:
         where = os.path.abspath(pgdata)
         env = f"{passphrase_env}=... " if passphrase_env else ""
         lines.append(f"restored into {where}; start it with: {env}pg_ctl -D {where} start"
                      + (f" (restore_command needs ${passphrase_env})" if passphrase_env else ""))
+    return "\n".join(lines) + "\n"
+
+
+def _copy(plan, pgdata: str, dry_run: bool) -> list[str]:
+    """What recover chose for the restored copy: stores, port, archiving."""
+    lines = []
+    if plan.skipped_stores:
+        lines.append(f"  stores      only {', '.join(plan.stores)}: "
+                     f"{', '.join(plan.skipped_stores)} could not be read, so the plan and "
+                     f"restore_command use only what was read (recovery can finish from it)")
+        lines.append(f"              to fetch from every store once it is back, set in "
+                     f"{pgdata}/postgresql.auto.conf:")
+        lines.append(f"                restore_command = '{plan.widen_command}'")
+        lines.append(f"              then: pg_ctl -D {pgdata} reload")
+    else:
+        lines.append(f"  stores      {', '.join(plan.stores)}")
+    lines.append(f"  port        {plan.port}" if plan.port is not None else
+                 "  port        the source's (give --port N to run it beside the source)")
+    lines.append("  archiving   on: the copy archives into this archive (it replaces the "
+                 "configured cluster, or --archive on)" if plan.archive else
+                 "  archiving   off (archive_mode = off; --archive on if this copy "
+                 "replaces the source)")
+    if dry_run:
+        lines.append("  read back   every object above has a good copy")
+    return lines
+
+
+def sync(result: dict) -> str:
+    verb = "would copy" if result["dry_run"] else "copied"
+    n = len(result["copied"])
+    total = sum(r["bytes"] for r in result["copied"])
+    lines = []
+    for u in result["unrecoverable"]:
+        lines.append(f"  UNRECOVERABLE  {u['store']}  {u['key']}: {u['detail']}")
+    for s in result["skipped"]:
+        lines.append(f"  skipped        {s['store']}  {s['key']}: {s['detail']}")
+    for name, err in result["store_errors"].items():
+        lines.append(f"  store error    {name}: {err}")
+    lines.append(f"sync{' (dry run, nothing written)' if result['dry_run'] else ''}: {verb} "
+                 f"{plural(n, 'object')} ({human_bytes(total)}); "
+                 f"{result['good']} of {result['checked']} already held verified")
     return "\n".join(lines) + "\n"
 
 
@@ -255,4 +300,4 @@ def drill(result: dict) -> str:
 
 TEXT = {"status": status, "list": list_, "verify-chain": verify_chain, "check": check,
         "basebackup": basebackup, "recover": recover, "dump": dump,
-        "restore-dump": restore_dump, "expire": expire, "drill": drill}
+        "restore-dump": restore_dump, "expire": expire, "drill": drill, "sync": sync}

@@ -60,7 +60,25 @@ def collect(config: Config, now: datetime | None = None) -> dict:
         "incomplete_backups": union.incomplete_backups if union else [],
         "wal": _coverage(union) if union else [],
         "windows": recoverable_windows(union) if union else [],
+        "warnings": _warnings(config, union, server["info"]),
     }
+
+
+def _warnings(config: Config, union, info: dict) -> list[str]:
+    """What an operator must look at that is not a failure: a timeline in the archive
+    newer than the one the cluster is on (a restored copy archiving into it)."""
+    if union is None or not info.get("reachable") or info.get("error"):
+        return []
+    from walkeeper import pg
+
+    own = pg.current_timeline(config["postgres.conninfo"], union.system_identifier)
+    newer = [t for t in union.timelines() if own is not None and t > own]
+    if not newer:
+        return []
+    return [f"the archive holds timeline {max(newer)}, newer than timeline {own} that the "
+            f"cluster is on: a restored copy promoted with archiving on may be writing into "
+            f"this archive (recover --latest would follow it; see "
+            f"docs/runbook.md)"]
 
 
 def _stores(config: Config) -> tuple[list[dict], list]:

@@ -73,3 +73,22 @@ class Store:
     def delete(self, key: str) -> None: ...
 
     def close(self) -> None: ...
+
+    # Optional (callers use getattr): a store whose root is a directory that must
+    # exist (a local path, an SFTP directory). Nothing that writes objects creates
+    # that root: a mistyped or unmounted path must fail, not fill a new directory.
+    def root_exists(self) -> bool:
+        """Whether the store's root exists (raises StoreError when it cannot tell)."""
+
+    def create_root(self) -> bool:
+        """First-time setup (`walkeeper check`): create the root (0700) if it is
+        missing; True when it was created."""
+
+
+def missing_root(store: str, location: str):
+    """The error of a write into a store whose root does not exist."""
+    from walkeeper.errors import StoreError
+
+    return StoreError(store, f"the store's root {location} does not exist (not mounted, or "
+                             f"mistyped?); walkeeper does not create it while archiving: "
+                             f"run `walkeeper check` once to create it (first-time setup)")

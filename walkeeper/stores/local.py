@@ -13,7 +13,7 @@ import os
 from walkeeper.errors import ConfigError, ObjectExists, ObjectNotFound, StoreError
 from walkeeper.format.layout import check_key, temp_key
 from walkeeper.settings import Setting
-from walkeeper.stores.base import Entry
+from walkeeper.stores.base import Entry, missing_root
 from walkeeper.stores.registry import StoreType
 
 _O_BINARY = getattr(os, "O_BINARY", 0)
@@ -131,11 +131,14 @@ class LocalStore:
             reason = "no space left on device"
         return StoreError(self.name, f"{what} {path}: {reason}")
 
-    def _makedirs(self, directory: str) -> None:
-        """Create missing directories 0700 and make each new entry durable."""
+    def _makedirs(self, directory: str, create_root: bool = False) -> None:
+        """Create missing directories 0700 and make each new entry durable; the
+        store's root itself only when create_root (first-time setup)."""
         missing = []
         d = directory
         while not os.path.isdir(d):
+            if d == self.root and not create_root:
+                raise missing_root(self.name, self.root)
             missing.append(d)
             parent = os.path.dirname(d)
             if parent == d:
@@ -152,6 +155,15 @@ class LocalStore:
                 _fsync_dir(os.path.dirname(d))
             except OSError as exc:
                 raise self._error("cannot sync", os.path.dirname(d), exc) from None
+
+    def root_exists(self) -> bool:
+        return os.path.isdir(self.root)
+
+    def create_root(self) -> bool:
+        if os.path.isdir(self.root):
+            return False
+        self._makedirs(self.root, create_root=True)
+        return True
 
     def begin_put(self, key: str) -> LocalUpload:
         return LocalUpload(self, key)
@@ -235,7 +247,7 @@ STORE_TYPE = StoreType(
     required=("path",),
     location=lambda cfg: os.path.abspath(os.path.expanduser(cfg.path)),
     shared=True,
-    fix=lambda cfg: f"check that {cfg.path} exists (or can be created) and is writable by "
-                    f"this user",
+    fix=lambda cfg: f"check that {cfg.path} exists (`walkeeper check` creates it on first-time "
+                    f"setup) and is writable by this user",
     validate=_validate,
 )

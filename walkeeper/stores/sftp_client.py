@@ -23,7 +23,7 @@ from walkeeper import log
 from walkeeper.stores.registry import StoreConfig
 from walkeeper.errors import ConfigError, ObjectExists, ObjectNotFound, StoreError
 from walkeeper.format.layout import check_key, temp_key
-from walkeeper.stores.base import Entry
+from walkeeper.stores.base import Entry, missing_root
 
 _TRANSIENT = (OSError, EOFError, socket.timeout, paramiko.SSHException)
 
@@ -264,7 +264,9 @@ class SftpStore:
             self._connect()
         return self._sftp
 
-    def _makedirs(self, directory: str) -> None:
+    def _makedirs(self, directory: str, create_root: bool = False) -> None:
+        """Create missing directories 0700; the store's root itself only when
+        create_root (first-time setup)."""
         sftp = self.sftp()
         missing = []
         d = directory
@@ -274,6 +276,8 @@ class SftpStore:
                     break
             except FileNotFoundError:
                 pass
+            if d == self.root and not create_root:
+                raise missing_root(self.name, self.location)
             missing.append(d)
             d = os.path.dirname(d)
         for d in reversed(missing):
@@ -289,6 +293,20 @@ class SftpStore:
             return stat.S_ISDIR(self.sftp().stat(d).st_mode)
         except OSError:
             return False
+
+    def root_exists(self) -> bool:
+        try:
+            attrs = self._retrying("cannot stat", self.root, lambda sftp: sftp.stat(self.root))
+        except FileNotFoundError:
+            return False
+        return stat.S_ISDIR(attrs.st_mode or 0)
+
+    def create_root(self) -> bool:
+        if self.root_exists():
+            return False
+        self._retrying("cannot create directory", self.root,
+                       lambda sftp: self._makedirs(self.root, create_root=True))
+        return True
 
     def begin_put(self, key: str) -> SftpUpload:
         return SftpUpload(self, key)
