@@ -21,6 +21,11 @@ def debug(msg: str) -> None:
         print(f"walkeeper: {msg}", file=sys.stderr, flush=True)
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 segment', '2 segments' ('store', 'stores'; many for irregular plurals)."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
 def human_bytes(n: float | None) -> str:
     if n is None:
         return "-"

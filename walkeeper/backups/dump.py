@@ -19,7 +19,8 @@ from walkeeper.backups.basebackup import new_id, stored_size, stream_program, wr
 from walkeeper.catalog.reader import read_json
 from walkeeper.format.crypto import writer_key
 from walkeeper.config import Config
-from walkeeper.errors import CorruptObject, ObjectNotFound, OperationFailed, StoreError
+from walkeeper.errors import CorruptObject, ObjectNotFound, OperationFailed, StoreError, \
+    UnknownName
 from walkeeper.format.layout import dump_file_key, dump_meta_key, dumps_dir, is_temp
 from walkeeper.stores import open_store, open_stores
 from walkeeper.archiving.transfer import fetch_to_file
@@ -166,4 +167,5 @@ def _fetch(config: Config, dump_id: str, dest: str) -> str:
         raise OperationFailed(f"no good copy of dump {dump_id}: {'; '.join(problems)}; "
                               f"nothing was restored")
     ids = ", ".join(sorted(known)) or "none"
-    raise OperationFailed(f"no dump {dump_id!r} in cluster {config.cluster!r}; known dumps: {ids}")
+    raise UnknownName(f"no dump {dump_id!r} in cluster {config.cluster!r}; known dumps: {ids}",
+                      hint="see `walkeeper list`")

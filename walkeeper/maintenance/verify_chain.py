@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from walkeeper import state
 from walkeeper.catalog.reader import merge, read_archive, recoverable_windows, runs
 from walkeeper.config import Config
-from walkeeper.errors import CorruptObject, ObjectNotFound, StoreError, UsageError
+from walkeeper.errors import CorruptObject, ObjectNotFound, StoreError, UnknownName
 from walkeeper.format.layout import BACKUP_META, backup_dir, is_temp, stored_name
 from walkeeper.catalog.model import ArchiveModel
 from walkeeper.format.objects import CHUNK, HEADER_SIZE, TRAILER_SIZE, ObjectReader, \
@@ -78,7 +78,7 @@ def verify_chain(config: Config, only: str | None = None, quick: bool = False,
                  progress: bool = False) -> Report:
     cfgs = [s for s in config.stores if only is None or s.name == only]
     if only is not None and not cfgs:
-        raise UsageError(f"--store {only}: no such store; configured: "
+        raise UnknownName(f"--store {only}: no such store; configured: "
                          + ", ".join(s.name for s in config.stores))
     report = Report(stores=[c.name for c in cfgs], quick=quick)
     stores = [open_store(c, config.keyring) for c in cfgs]
