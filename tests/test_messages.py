@@ -263,3 +263,28 @@ def test_out_of_range_messages_name_the_bound(env, says):
         config.load(None, env={"BACKUP_DIR": "/b", **env})
     text = str(info.value)
     assert says in text and "None" not in text and "[" not in text
+
+
+# ------------------------------------------------ item 10: last push by position
+
+def test_status_last_push_is_the_newest_wal_position_not_the_newest_file_time(wk, tmp_path):
+    store = tmp_path / "store"
+    env = {"BACKUP_DIR": str(store), "WALKEEPER_STATE_DIR": str(tmp_path / "push-state")}
+    names = [f"00000001000000000000000{i}" for i in (1, 2, 3)]
+    for name in names:
+        r = wk("push", write_segment(tmp_path, name), name, env=env)
+        assert r.returncode == 0, r.stderr
+    # Someone touches the oldest segment (or copies the store without its times).
+    [oldest] = list(store.rglob(names[0] + "*"))
+    later = os.stat(oldest).st_mtime + 3600
+    os.utime(oldest, (later, later))
+    # Seen from the archive alone (status run with another state directory)...
+    r = wk("status", "--json", env={**env, "WALKEEPER_STATE_DIR": str(tmp_path / "other")})
+    data = json.loads(r.stdout)
+    assert data["last_push"]["name"] == names[-1], data["last_push"]
+    assert data["last_push"]["source"] == "archive"
+    assert {s["name"]: s["newest_wal"] for s in data["stores"]} == {"local": names[-1]}
+    # ... and with push's own record, which the touched file must not override.
+    data = json.loads(wk("status", "--json", env=env).stdout)
+    assert data["last_push"]["name"] == names[-1]
+    assert data["last_push"]["source"] == "state"
