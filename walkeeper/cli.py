@@ -27,7 +27,7 @@ def _describe_plan(plan, dry_run: bool) -> str:
         f"  backup      {b.id} (stop {b.stop_time.isoformat()}, LSN {format_lsn(b.stop_lsn)}, "
         f"timeline {b.timeline})",
         f"  timelines   {' -> '.join(map(str, plan.timelines))}",
-        f"  WAL         {plan.first_wal} .. {plan.last_wal} ({len(plan.segments)} segments)",
+        f"  WAL         {plan.first_wal} .. {plan.last_wal} ({log.plural(len(plan.segments), 'segment')})",
         f"  to fetch    {log.human_bytes(plan.bytes)}",
         f"  target      {plan.target.kind}"
         + (f" {plan.target.value}" if plan.target.value is not None else ""),
@@ -323,7 +323,7 @@ def _click_main(argv: list[str]) -> int:
                       for k in result["kept_dumps"]]
             lines += [f"  {verb}  dump {i}" for i in result["deleted_dumps"]]
             cut = ", ".join(f"{s} on timeline {t}" for t, s in result["wal_cut"].items())
-            lines.append(f"  WAL: {verb} {result['deleted_wal']} file(s)"
+            lines.append(f"  WAL: {verb} {log.plural(result['deleted_wal'], 'file')}"
                          + (f", everything below {cut}" if cut else ""))
             click.echo("\n".join(lines))
         run("expire", go)
@@ -350,7 +350,7 @@ def _click_main(argv: list[str]) -> int:
                 for p in report.problems:
                     kinds[p.kind] = kinds.get(p.kind, 0) + 1
                 raise OperationFailed(
-                    f"{len(report.problems)} problem(s) found ("
+                    f"{log.plural(len(report.problems), 'problem')} found ("
                     + ", ".join(f"{n} {k}" for k, n in kinds.items()) + ")",
                     hint="see the list above" if not as_json else "see \"problems\"")
         run("verify-chain", go, store_name or "")
@@ -369,8 +369,8 @@ def _click_main(argv: list[str]) -> int:
                 return
             click.echo(f"drill passed: backup {result['backup']} restored and recovered to the "
                        f"end of the archive in {result['seconds']:.1f} s (until it accepted "
-                       f"connections with recovery finished); {len(result['databases'])} "
-                       f"database(s) checked"
+                       f"connections with recovery finished); "
+                       f"{log.plural(len(result['databases']), 'database')} checked"
                        + ("; [drill] sql ran" if result["sql"] else ""))
             if result["kept"]:
                 click.echo(f"restored copy kept in {result['kept']} (stopped; start it with: "

@@ -276,7 +276,7 @@ def recover(config: Config, pgdata: str, target, options: RecoveryOptions,
             raise UnknownName(f"no complete backup with id {backup_id!r}; see `walkeeper list`")
     plan = planner.plan(archive, target, options.target_timeline)
     for note in plan.notes:
-        log.info(note)
+        log.warn(f"recover: {note}")
     if dry_run:
         return plan
     os.makedirs(pgdata, mode=0o700, exist_ok=True)

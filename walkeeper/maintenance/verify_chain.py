@@ -23,7 +23,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 
-from walkeeper import state
+from walkeeper import log, state
 from walkeeper.catalog.reader import merge, read_archive, recoverable_windows, runs
 from walkeeper.config import Config
 from walkeeper.errors import CorruptObject, ObjectNotFound, StoreError, UnknownName
@@ -473,7 +473,7 @@ def render_text(report: Report) -> str:
         for p in report.problems:
             lines.append(f"  {p.kind:<{width}}  {p.store}  {p.object}: {p.detail}")
     mode = "quick (trailers and sizes)" if report.quick else "deep (decoded and verified)"
-    lines.append(f"checked {report.objects} objects ({report.bytes / (1 << 20):.1f} MiB read) "
+    lines.append(f"checked {log.plural(report.objects, 'object')} ({report.bytes / (1 << 20):.1f} MiB read) "
                  f"in {', '.join(report.stores)}, {mode}: "
-                 + ("no problem" if report.ok else f"{len(report.problems)} problem(s)"))
+                 + ("no problem" if report.ok else log.plural(len(report.problems), "problem")))
     return "\n".join(lines) + "\n"

@@ -102,8 +102,17 @@ def _time(text) -> str:
         return str(text)
 
 
-def _stored(per_store: dict) -> str:
+def stored_text(per_store: dict) -> str:
+    """What a backup or dump takes in each store, as every report prints it (binary
+    units, human_bytes): `list`, `status` and the dashboard must not disagree."""
     return ", ".join(f"{n} {human_bytes(v) if v else '-'}" for n, v in per_store.items())
+
+
+def backup_size_text(database_bytes, stored_bytes: dict) -> str:
+    """'21.5 MiB of data, stored: local 2.1 MiB, offsite 2.1 MiB' (list's DB SIZE and
+    STORED columns, in one phrase)."""
+    return (f"{human_bytes(database_bytes)} of data, stored: "
+            f"{stored_text(stored_bytes) or '-'}")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -125,7 +134,7 @@ def render_text(data: dict) -> str:
             ["ID", "LABEL", "START", "STOP", "START LSN", "STOP LSN", "TLI", "DB SIZE", "STORED"],
             [[b["id"], b["label"] or "-", _time(b["start_time"]), _time(b["stop_time"]),
               b["start_lsn"], b["stop_lsn"], str(b["timeline"]), human_bytes(b["database_bytes"]),
-              _stored(b["stored_bytes"])] for b in data["backups"]])
+              stored_text(b["stored_bytes"])] for b in data["backups"]])
     else:
         lines.append("  none")
     if data.get("incomplete_backups"):
@@ -140,7 +149,7 @@ def render_text(data: dict) -> str:
     lines += ["", f"Dumps ({len(data['dumps'])})"]
     if data["dumps"]:
         lines += _table(["ID", "DATABASE", "TIME", "STORED"],
-                        [[d["id"], str(d["database"]), _time(d["time"]), _stored(d["stored_bytes"])]
+                        [[d["id"], str(d["database"]), _time(d["time"]), stored_text(d["stored_bytes"])]
                          for d in data["dumps"]])
     else:
         lines.append("  none")

@@ -14,7 +14,8 @@ import time
 from datetime import datetime, timezone
 
 from walkeeper.errors import OperationFailed, UsageError
-from walkeeper.log import human_bytes
+from walkeeper.log import human_bytes, plural
+from walkeeper.reports.list import backup_size_text
 from walkeeper.reports.status import RECENT_FAILURES, parse_time
 
 
@@ -62,8 +63,8 @@ def render_text(data: dict) -> str:
                      f"{_when(srv['last_failed_time'])}")
     b = data["last_backup"]
     lines.append("last backup   " + (
-        f"{b['id']} at {_when(b['time'])} ({_age(b['time'], now)}), {human_bytes(b['size'])}, "
-        f"in {', '.join(b['stores']) or '-'}" if b else "none"))
+        f"{b['id']} at {_when(b['time'])} ({_age(b['time'], now)}), "
+        f"{backup_size_text(b['database_bytes'], b['stored_bytes'])}" if b else "none"))
     d = data["last_drill"]
     if d is None:
         lines.append("last drill    never")
@@ -86,7 +87,7 @@ def render_text(data: dict) -> str:
         if not s["reachable"]:
             lines.append(f"  {s['name']:<12} UNREACHABLE: {s['error']}")
             continue
-        lines.append(f"  {s['name']:<12} {s['backups']} backup(s), {human_bytes(s['bytes'])} "
+        lines.append(f"  {s['name']:<12} {plural(s['backups'], 'backup')}, {human_bytes(s['bytes'])} "
                      f"stored, {human_bytes(s['free_bytes'])} free, newest WAL "
                      f"{s['newest_wal'] or '-'}")
     recent = data["failures"]

@@ -72,4 +72,7 @@ class Store:
 
     def delete(self, key: str) -> None: ...
 
+    def remove_dir(self, prefix: str) -> None:
+        """Optional (stores with directories): remove `prefix` if it is empty."""
+
     def close(self) -> None: ...

@@ -370,6 +370,14 @@ class SftpStore:
         except FileNotFoundError:
             pass
 
+    def remove_dir(self, prefix: str) -> None:
+        """Remove the directory `prefix` if it is empty; nothing otherwise."""
+        path = self._path(prefix)
+        try:
+            self._retrying("cannot remove", path, lambda sftp: sftp.rmdir(path))
+        except (FileNotFoundError, StoreError):
+            pass
+
     def free_bytes(self) -> int | None:
         """Bytes available on the server's file system holding the store, through
         OpenSSH's statvfs@openssh.com extension; None when the server does not offer
