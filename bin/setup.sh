@@ -65,6 +65,7 @@ run_as() {
         -u TMPDIR -u XDG_STATE_HOME -u XDG_CACHE_HOME -u XDG_CONFIG_HOME -u XDG_RUNTIME_DIR \
         HOME="$home" USER="$user" LOGNAME="$user" PATH=/usr/local/bin:/usr/bin:/bin \
         CI="${CI:-}" WALKEEPER_TEST_SLOT="${WALKEEPER_TEST_SLOT:-}" \
+        WALKEEPER_INSTALLED="${WALKEEPER_INSTALLED:-}" WALKEEPER_BIN="${WALKEEPER_BIN:-}" \
         bash "$@" </dev/null
 }
 
