@@ -288,3 +288,16 @@ def test_status_last_push_is_the_newest_wal_position_not_the_newest_file_time(wk
     data = json.loads(wk("status", "--json", env=env).stdout)
     assert data["last_push"]["name"] == names[-1]
     assert data["last_push"]["source"] == "state"
+
+
+@pytest.mark.parametrize("command", [("drill",), ("restore-dump", "NOPE", "--database", "x")])
+def test_a_state_dir_that_is_a_file_is_a_config_error_naming_it(wk, tmp_path, command):
+    (tmp_path / "store").mkdir()
+    (tmp_path / "state").write_text("")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n[[stores]]\nname = "l"\n'
+                   f'type = "local"\npath = "{tmp_path / "store"}"\n')
+    r = wk("--config", cfg, *command)
+    assert r.returncode == 3, r.stderr
+    assert f"state_dir {tmp_path / 'state'}: exists and is not a directory" in r.stderr
+    assert "Traceback" not in r.stderr and "unexpected" not in r.stderr

@@ -42,7 +42,7 @@ _ROUTINE = re.compile(r"the database system is (starting up|not yet accepting co
 def run_drill(config: Config, keep: bool = False) -> dict:
     """Restore, start, check, stop; return the recorded result. OperationFailed says
     which step failed (and which segment, when recovery met a corrupt one)."""
-    os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
+    state.ensure_state_dir(config.state_dir)
     scratch = tempfile.mkdtemp(prefix="drill-", dir=config.state_dir)
     # Unix socket paths are limited to ~107 bytes: a short directory under /tmp.
     sockets = tempfile.mkdtemp(prefix="wkdrill-", dir="/tmp")

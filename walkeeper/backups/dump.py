@@ -110,7 +110,7 @@ def restore_dump(config: Config, dump_id: str, database: str, clean: bool = Fals
     (and no database is created) unless a store gave a copy matching its checksum.
     """
     state_dir = config.state_dir
-    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    state.ensure_state_dir(state_dir)
     dest = os.path.join(state_dir, f"restore-dump-{os.urandom(4).hex()}.dump")
     try:
         found = _fetch(config, dump_id, dest)
