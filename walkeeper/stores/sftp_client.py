@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import socket
 import stat
-import sys
 import time
 
 import paramiko
@@ -27,27 +26,6 @@ from walkeeper.format.layout import check_key, temp_key
 from walkeeper.stores.base import Entry
 
 _TRANSIENT = (OSError, EOFError, socket.timeout, paramiko.SSHException)
-
-
-def _route_paramiko_logging() -> None:
-    """paramiko logs through `logging`; with no handler configured, Python's last-resort
-    handler prints its warnings and errors, tracebacks included (a port that accepts and
-    closes, a server that is not SSH), on stderr, which is PostgreSQL's log for push and
-    fetch. walkeeper says what failed in its own one line; paramiko's detail is shown
-    only with -v."""
-    import logging
-
-    logger = logging.getLogger("paramiko")
-    if getattr(logger, "_walkeeper_routed", False):
-        return
-    if log.level >= log.VERBOSE:
-        handler: logging.Handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("walkeeper: paramiko: %(message)s"))
-    else:
-        handler = logging.NullHandler()
-    logger.addHandler(handler)
-    logger.propagate = False
-    logger._walkeeper_routed = True
 
 
 def _reason(exc: BaseException) -> str:
@@ -235,7 +213,7 @@ class SftpStore:
 
     def _connect(self) -> None:
         cfg = self.cfg
-        _route_paramiko_logging()
+        log.route_library_logging("paramiko")
         delay = 0.5
         for attempt in range(1, cfg.retries + 1):
             client = paramiko.SSHClient()
