@@ -99,7 +99,8 @@ def _summary(d: dict, now: datetime) -> str:
     b = d["last_backup"]
     age = (now - _t(b["time"])).total_seconds() if b and _t(b["time"]) else None
     cards.append(_card("Last backup", _age(b["time"], now) if b else "none",
-                       f"{b['id']}, {backup_size_text(b['database_bytes'], b['stored_bytes'])}"
+                       f"{b['id']}, " + backup_size_text(b.get("database_bytes"),
+                                                         b.get("stored_bytes") or {})
                        if b else "no complete backup",
                        "bad" if age is None or age > 7 * 86400 else
                        "warn" if age > 26 * 3600 else "ok"))

@@ -64,7 +64,7 @@ def render_text(data: dict) -> str:
     b = data["last_backup"]
     lines.append("last backup   " + (
         f"{b['id']} at {_when(b['time'])} ({_age(b['time'], now)}), "
-        f"{backup_size_text(b['database_bytes'], b['stored_bytes'])}" if b else "none"))
+        f"{backup_size_text(b.get('database_bytes'), b.get('stored_bytes') or {})}" if b else "none"))
     d = data["last_drill"]
     if d is None:
         lines.append("last drill    never")
