@@ -6,6 +6,20 @@
 APT_PACKAGES=(postgresql-15 postgresql-client-15 openssh-server openssh-sftp-server python3-venv zstd chromium)
 PY=/usr/bin/python3
 
+# shell_words ARGS...: the words as one line a shell reads back as the same words
+# (bin/demo prints its commands so that they can be pasted: a --target-time has a space).
+shell_words() {
+    local out=() w
+    for w in "$@"; do
+        if [[ -n "$w" && "$w" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
+            out+=("$w")
+        else
+            out+=("'${w//\'/\'\\\'\'}'")
+        fi
+    done
+    printf '%s\n' "${out[*]}"
+}
+
 say() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
 die() { printf '%s: ERROR: %s\n' "${0##*/}" "$*" >&2; exit 1; }
 
@@ -51,6 +65,7 @@ run_as() {
         -u TMPDIR -u XDG_STATE_HOME -u XDG_CACHE_HOME -u XDG_CONFIG_HOME -u XDG_RUNTIME_DIR \
         HOME="$home" USER="$user" LOGNAME="$user" PATH=/usr/local/bin:/usr/bin:/bin \
         CI="${CI:-}" WALKEEPER_TEST_SLOT="${WALKEEPER_TEST_SLOT:-}" \
+        WALKEEPER_INSTALLED="${WALKEEPER_INSTALLED:-}" WALKEEPER_BIN="${WALKEEPER_BIN:-}" \
         bash "$@" </dev/null
 }
 

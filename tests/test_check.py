@@ -112,7 +112,7 @@ def test_segment_that_never_arrives_times_out(pg, wk, tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     found = lines(r.stdout)
     assert found["wal switch"].startswith("FAIL wal switch: ")
-    assert "not in store(s) local after 3 s" in found["wal switch"]
+    assert "not in store local after 3 s" in found["wal switch"]
     assert "archive_command uses this config file" in found["wal switch"]
 
 

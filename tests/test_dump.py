@@ -10,7 +10,7 @@ import pytest
 
 from walkeeper import config as config_mod
 from walkeeper.backups import dump
-from walkeeper.errors import OperationFailed
+from walkeeper.errors import OperationFailed, UnknownName
 from walkeeper.stores.local import LocalStore
 from conftest import make_config
 
@@ -89,9 +89,10 @@ def test_flipped_byte_refuses_the_restore(app, tmp_path):
 def test_unknown_dump_id_lists_the_known_ones(app, tmp_path):
     cfg = config_mod.load(str(write_config(tmp_path, app)))
     doc = dump.take_dump(cfg, "app/data")
-    with pytest.raises(OperationFailed) as exc:
+    with pytest.raises(UnknownName) as exc:
         dump.restore_dump(cfg, "20200101T000000Z", "copy", clean=False)
-    assert doc["id"] in exc.value.line() and exc.value.exit_code == 1
+    # An id that names nothing is bad input (exit 2), as for recover --backup.
+    assert doc["id"] in exc.value.line() and exc.value.exit_code == 2
     assert "copy" not in databases(app)
 
 

@@ -178,7 +178,7 @@ def test_interrupted_expire_is_never_listed_complete_and_is_finished_later(wk, t
         os.utime(p, (0, 0))
     done = ok(wk("--config", cfg, "expire", "--json"))
     assert done["deleted_incomplete"] == [backups[0]["id"]]
-    assert not any(p.is_file() for p in first.iterdir())
+    assert not first.exists()            # its objects, and the emptied directory
     assert ok(wk("--config", cfg, "list", "--json"))["incomplete_backups"] == []
 
 
@@ -199,7 +199,7 @@ def test_expire_refuses_when_a_store_cannot_be_read(wk, tmp_path, archive):
 
 def fake_archive(root: Path, segnos, backups: dict[str, int], suffix: str = ".zst") -> None:
     """WAL objects (names only matter to the catalog) and backups {id: start segment}."""
-    store = LocalStore("x", str(root))
+    store = LocalStore("x", str(store_root(root)))
     for n in segnos:
         name = Segment.from_number(1, n, SEG).name
         store.put_bytes(f"{CLUSTER}/wal/{name[:16]}/{name}{suffix}", b"wal")

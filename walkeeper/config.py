@@ -255,7 +255,16 @@ def load(path: str | None = None, env: dict[str, str] | None = None) -> Config:
             raise ConfigError(f"config file {file_path} does not exist; create it "
                               f"(see conf/walkeeper.toml) or unset WALKEEPER_CONFIG") from None
         except PermissionError:
-            raise ConfigError(f"config file {file_path} is not readable by this user") from None
+            raise ConfigError(f"config file {file_path} is not readable by this user",
+                              hint="check its owner and mode (e.g. chmod 640, group of "
+                                   "this user)") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {file_path} is a directory",
+                              hint=f"give the file's path, e.g. --config "
+                                   f"{os.path.join(file_path, 'walkeeper.toml')}") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {file_path} cannot be read: "
+                              f"{exc.strerror or exc}", hint="check the path") from None
         except ValueError as exc:       # tomllib.TOMLDecodeError
             raise ConfigError(f"config file {file_path} is not valid TOML: {exc}") from None
     flat = _flatten(data, file_path)

@@ -44,6 +44,31 @@ class UsageError(WalkeeperError):
     exit_code = EXIT_USAGE
 
 
+class UnknownName(UsageError):
+    """A name or id given on the command line names nothing: a backup id, a dump id,
+    a store name (exit 2, like any bad input). fetch's WAL_NAME is the exception:
+    PostgreSQL takes its "not in the archive" (exit 1) as the end of the archive."""
+
+
+def from_os_error(exc: OSError, fetch: bool = False) -> WalkeeperError:
+    """An OSError nothing above anticipated, as one line naming the path and what to
+    check (exit 1; fetch: 255, since any doubt must stop recovery)."""
+    path = exc.filename if exc.filename is not None else "a file"
+    what = exc.strerror or type(exc).__name__
+    hint = {"EACCES": "check the path's owner and mode (this user must be able to use it)",
+            "EPERM": "check the path's owner and mode (this user must be able to use it)",
+            "ENOENT": "check that the path exists",
+            "EISDIR": "give the path of a file, not of a directory",
+            "ENOTDIR": "a component of the path is not a directory",
+            "ENOSPC": "free some space on that file system",
+            "EROFS": "the file system is read-only"}
+    import errno
+
+    name = errno.errorcode.get(exc.errno or 0, "")
+    cls = ArchiveUnreadable if fetch else OperationFailed
+    return cls(f"{path}: {what}", hint=hint.get(name, "check the path and its permissions"))
+
+
 class ConfigError(WalkeeperError):
     """Missing or invalid configuration, unreadable key (exit 3)."""
 

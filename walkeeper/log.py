@@ -21,6 +21,33 @@ def debug(msg: str) -> None:
         print(f"walkeeper: {msg}", file=sys.stderr, flush=True)
 
 
+def route_library_logging(name: str) -> None:
+    """A library that logs through `logging` (paramiko; boto3 and botocore alike): with
+    no handler configured, Python's last-resort handler prints its warnings and errors,
+    tracebacks included (a port that accepts and closes, a server that is not SSH), on
+    stderr, which is PostgreSQL's log for push and fetch. walkeeper says what failed in
+    its own one line; the library's detail shows only with -v, on prefixed lines. Call
+    it before the library's first use (`logging` is imported here, not at start-up)."""
+    import logging
+
+    logger = logging.getLogger(name)
+    if getattr(logger, "_walkeeper_routed", False):
+        return
+    if level >= VERBOSE:
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"walkeeper: {name}: %(message)s"))
+    else:
+        handler = logging.NullHandler()
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger._walkeeper_routed = True
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 segment', '2 segments' ('store', 'stores'; many for irregular plurals)."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
 def human_bytes(n: float | None) -> str:
     if n is None:
         return "-"

@@ -23,6 +23,26 @@ def _ensure(state_dir: str) -> None:
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
 
 
+def ensure_state_dir(state_dir: str) -> None:
+    """The state directory, created (0700) if absent, for a command that cannot work
+    without it (drill, restore-dump): ConfigError naming it and the fix otherwise."""
+    from walkeeper.errors import ConfigError
+
+    if os.path.exists(state_dir) and not os.path.isdir(state_dir):
+        raise ConfigError(f"state_dir {state_dir}: exists and is not a directory",
+                          hint="set state_dir (or WALKEEPER_STATE_DIR) to a directory")
+    try:
+        _ensure(state_dir)
+    except OSError as exc:
+        raise ConfigError(f"state_dir {state_dir}: cannot be used ({exc.strerror or exc})",
+                          hint="set state_dir (or WALKEEPER_STATE_DIR) to a directory this "
+                               "user can write") from None
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"state_dir {state_dir}: not writable by this user",
+                          hint="set state_dir (or WALKEEPER_STATE_DIR) to a directory this "
+                               "user can write")
+
+
 def record_success(state_dir: str, command: str, **fields) -> None:
     try:
         _ensure(state_dir)
@@ -33,6 +53,18 @@ def record_success(state_dir: str, command: str, **fields) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         log.warn(f"cannot record success in {state_dir}: {exc.strerror}")
+
+
+def counts_as_failure(command: str, code: int) -> bool:
+    """Whether an exit is a failure of the work, for the failure log (and so for
+    walkeeper_failures_total): bad usage or input (exit 2: a typo, an unknown id, an
+    unwritable --html path) is not; nor is fetch's "not in the archive" (exit 1),
+    which PostgreSQL probes for routinely (history files, the end of the archive)."""
+    from walkeeper.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+
+    if code in (EXIT_OK, EXIT_USAGE):
+        return False
+    return not (command == "fetch" and code == EXIT_FAILED)
 
 
 def record_failure(state_dir: str, command: str, target: str, reason: str) -> None:

@@ -229,7 +229,7 @@ def write_metadata(stores: list, key: str, doc: dict, seal=None) -> None:
     if failed:
         ok = len(stores) - len(failed)
         raise OperationFailed(f"cannot write {key}: {'; '.join(failed)}"
-                              + (f" (complete in {ok} other store(s))" if ok else ""))
+                              + (f" (complete in {log.plural(ok, 'other store')})" if ok else ""))
 
 
 # ---------------------------------------------------------------- WAL checks

@@ -42,7 +42,7 @@ _ROUTINE = re.compile(r"the database system is (starting up|not yet accepting co
 def run_drill(config: Config, keep: bool = False) -> dict:
     """Restore, start, check, stop; return the recorded result. OperationFailed says
     which step failed (and which segment, when recovery met a corrupt one)."""
-    os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
+    state.ensure_state_dir(config.state_dir)
     scratch = tempfile.mkdtemp(prefix="drill-", dir=config.state_dir)
     # Unix socket paths are limited to ~107 bytes: a short directory under /tmp.
     sockets = tempfile.mkdtemp(prefix="wkdrill-", dir="/tmp")
@@ -90,8 +90,11 @@ def run_drill(config: Config, keep: bool = False) -> dict:
                              backup=backup_id, reason=reason)
         # A wrong or missing key stays a configuration error (exit 3), as in every command.
         error = ConfigError if isinstance(exc, ConfigError) else OperationFailed
-        raise error(reason, hint=f"server log: "
-                    f"{os.path.join(config.state_dir, LAST_LOG)}") from None
+        # Point at the server log only when there is one: a drill that failed before
+        # PostgreSQL started (no backup, a store down) has none.
+        hint = (f"server log: {os.path.join(config.state_dir, LAST_LOG)}"
+                if os.path.exists(server.log) else None)
+        raise error(reason, hint=hint) from None
     finally:
         server.ensure_stopped()
         _keep_log(server.log, config.state_dir)
@@ -131,7 +134,8 @@ def _newest_backup(config: Config):
     archive = read_merged(config, "the drill", with_history=False)
     backups = archive.backups_by_stop()
     if not backups:
-        raise OperationFailed("the archive holds no complete backup")
+        raise OperationFailed("the archive holds no complete backup",
+                              hint="take one with `walkeeper basebackup`")
     ends = {tli: (max(segs), archive.wal_segment_size)
             for tli, segs in archive.segments.items() if segs}
     return backups[-1], ends, archive.system_identifier
@@ -300,8 +304,14 @@ class _Server:
 
 
 def _keep_log(path: str, state_dir: str) -> None:
+    """The drill's server log, as the last drill's; a drill that never started a
+    server leaves none (an older drill's log would mislead)."""
+    kept = os.path.join(state_dir, LAST_LOG)
     try:
-        shutil.copyfile(path, os.path.join(state_dir, LAST_LOG))
+        if os.path.exists(path):
+            shutil.copyfile(path, kept)
+        else:
+            os.unlink(kept)
     except OSError:
         pass
 

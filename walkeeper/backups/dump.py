@@ -19,7 +19,8 @@ from walkeeper.backups.basebackup import new_id, stored_size, stream_program, wr
 from walkeeper.catalog.reader import read_json
 from walkeeper.format.crypto import writer_key
 from walkeeper.config import Config
-from walkeeper.errors import CorruptObject, ObjectNotFound, OperationFailed, StoreError
+from walkeeper.errors import CorruptObject, ObjectNotFound, OperationFailed, StoreError, \
+    UnknownName
 from walkeeper.format.layout import dump_file_key, dump_meta_key, dumps_dir, is_temp
 from walkeeper.stores import open_store, open_stores
 from walkeeper.archiving.transfer import fetch_to_file
@@ -109,7 +110,7 @@ def restore_dump(config: Config, dump_id: str, database: str, clean: bool = Fals
     (and no database is created) unless a store gave a copy matching its checksum.
     """
     state_dir = config.state_dir
-    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    state.ensure_state_dir(state_dir)
     dest = os.path.join(state_dir, f"restore-dump-{os.urandom(4).hex()}.dump")
     try:
         found = _fetch(config, dump_id, dest)
@@ -166,4 +167,5 @@ def _fetch(config: Config, dump_id: str, dest: str) -> str:
         raise OperationFailed(f"no good copy of dump {dump_id}: {'; '.join(problems)}; "
                               f"nothing was restored")
     ids = ", ".join(sorted(known)) or "none"
-    raise OperationFailed(f"no dump {dump_id!r} in cluster {config.cluster!r}; known dumps: {ids}")
+    raise UnknownName(f"no dump {dump_id!r} in cluster {config.cluster!r}; known dumps: {ids}",
+                      hint="see `walkeeper list`")

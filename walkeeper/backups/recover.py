@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from walkeeper import log
 from walkeeper.config import Config
 from walkeeper.errors import (CorruptObject, MisplacedObject, ObjectNotFound, OperationFailed,
-                              StoreError, UsageError)
+                              StoreError, UnknownName, UsageError)
 from walkeeper.format.objects import CHUNK, ThreadedObjectReader
 from walkeeper.stores import open_stores
 
@@ -43,16 +43,35 @@ class RecoveryOptions:
 
 
 def check_target_dir(pgdata: str) -> None:
-    """DIR must not exist or be empty; never touch a directory holding a cluster."""
+    """DIR must not exist or be empty; never touch a directory holding a cluster. It
+    must also be creatable and writable by this user: said now, before any planning."""
     if not os.path.exists(pgdata):
+        parent = os.path.dirname(pgdata.rstrip("/")) or "/"
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise UsageError(f"cannot create {pgdata}: {parent} is not a directory")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UsageError(f"cannot create {pgdata}: {parent} is not writable by this user",
+                             hint=f"recover into a directory this user may create, or create "
+                                  f"{pgdata} (mode 0700) owned by this user first")
         return
     if not os.path.isdir(pgdata):
         raise UsageError(f"{pgdata} exists and is not a directory")
     if os.path.exists(os.path.join(pgdata, "postmaster.pid")):
         raise UsageError(f"{pgdata} holds a running (or crashed) cluster: postmaster.pid "
                          f"exists; refusing to touch it")
-    if os.listdir(pgdata):
+    try:
+        entries = os.listdir(pgdata)
+    except PermissionError:
+        raise UsageError(f"{pgdata} is not readable by this user",
+                         hint="recover into a new or empty directory this user owns") from None
+    if entries:
         raise UsageError(f"{pgdata} is not empty; recover into a new or empty directory")
+    if not os.access(pgdata, os.W_OK | os.X_OK) or os.stat(pgdata).st_uid != os.getuid():
+        raise UsageError(f"{pgdata} is not writable by this user or not owned by it",
+                         hint="chown it to this user (PostgreSQL needs it owned by the user "
+                              "that runs the server, mode 0700), or recover elsewhere")
 
 
 def _safe_member(member: tarfile.TarInfo) -> str:
@@ -409,10 +428,10 @@ def recover(config: Config, pgdata: str, target, options: RecoveryOptions,
     if backup_id is not None:
         archive.backups = [b for b in archive.backups if b.id == backup_id]
         if not archive.backups:
-            raise UsageError(f"no complete backup with id {backup_id!r}; see `walkeeper list`")
+            raise UnknownName(f"no complete backup with id {backup_id!r}; see `walkeeper list`")
     plan = planner.plan(archive, target, options.target_timeline)
     for note in plan.notes:
-        log.info(note)
+        log.warn(f"recover: {note}")
     only = read if failed else None
     plan.stores, plan.skipped_stores = list(read), dict(failed)
     if failed:

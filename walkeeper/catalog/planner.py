@@ -106,14 +106,46 @@ class Target:
         return f"{label} {self.value!r}" if self.kind == "name" else f"{label} {self.text()}"
 
 
+_UTC_NAMES = ("utc", "gmt", "z", "zulu", "etc/utc", "utc0")
+
+
+def _zone_suffix(text: str) -> tuple[str, tzinfo | None]:
+    """Split a trailing time zone name off a time: '... UTC' (as `date -u` and psql's
+    `SET TIME ZONE 'UTC'` print it), '... GMT', or an IANA name such as
+    '... Europe/Berlin'. (text, None) when the last word is not a zone name."""
+    head, _, last = text.rpartition(" ")
+    if not head.strip():
+        return text, None
+    if last.lower() in _UTC_NAMES:
+        return head.strip(), timezone.utc
+    if "/" in last:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            return head.strip(), ZoneInfo(last)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"invalid target time {text!r}: unknown time zone {last!r} "
+                             f"(use an offset such as +01, UTC, or a name such as "
+                             f"Europe/Berlin)") from None
+    return text, None
+
+
 def _parse_time(text: str, local_tz: tzinfo | None) -> datetime:
+    text = text.strip()
+    body, zone = _zone_suffix(text)
     try:
-        dt = datetime.fromisoformat(text.strip())
+        dt = datetime.fromisoformat(body)
     except ValueError:
         raise ValueError(f"invalid target time {text!r}: expected ISO 8601 such as "
-                         "'2026-11-24 10:15:00+01' or '2026-11-24T10:15:00'") from None
+                         "'2026-11-24 10:15:00+01', '2026-11-24 10:15:00 UTC' or "
+                         "'2026-11-24T10:15:00' (local time)") from None
     if dt.tzinfo is not None:
+        if zone is not None:
+            raise ValueError(f"invalid target time {text!r}: give an offset or a time zone "
+                             f"name, not both")
         return dt
+    if zone is not None:
+        local_tz = zone
     # A naive time is the operator's local wall time; the setting we write must carry
     # its offset, since PostgreSQL would read it in the server's timezone.
     try:

@@ -151,6 +151,37 @@ def wal_to_delete(archive: ArchiveModel, kept: list[BackupInfo]) -> list[WalObje
     return [obj for _, _, obj in doomed]
 
 
+def orphan_histories(archive: ArchiveModel, kept: list[BackupInfo],
+                     history_timelines) -> list[int]:
+    """The timelines (of history_timelines, those with a .history file) whose history
+    file is an orphan once wal_to_delete is gone: above every timeline that still
+    holds WAL or a kept backup. Such a file only sends recovery (recovery_target_timeline
+    = latest) towards a timeline of which nothing is left. Only a top range goes:
+    PostgreSQL probes history files one timeline after another, so a hole below a
+    timeline still holding WAL would hide it. And only a timeline that branched off
+    below the cut: no kept backup can ever follow it, and a timeline just promoted (its
+    history archived, its first segment not yet) is never one of them. A history that
+    could not be read is kept."""
+    cut = wal_cut(archive, kept)
+    if cut is None:
+        return []
+    doomed = {id(o) for o in wal_to_delete(archive, kept)}
+    held = {b.timeline for b in kept}
+    held |= {tli for tli, segs in archive.segments.items()
+             if any(id(o) not in doomed for o in segs.values())}
+    for obj in archive.other:
+        if id(obj) in doomed:
+            continue
+        try:
+            held.add(parse_wal_name(obj.name).timeline)
+        except ValueError:
+            continue
+    top = max(held) if held else 0
+    return sorted(t for t in set(history_timelines)
+                  if t > top and archive.histories.get(t)
+                  and archive.histories[t][-1].switch_lsn < cut)
+
+
 def cut_segments(archive: ArchiveModel, kept: list[BackupInfo]) -> dict[int, str]:
     """Per timeline holding WAL: the name of the first segment position kept."""
     cut = wal_cut(archive, kept)

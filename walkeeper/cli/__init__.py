@@ -12,7 +12,8 @@ import os
 import sys
 
 from walkeeper import log
-from walkeeper.errors import EXIT_ARCHIVE_UNREADABLE, EXIT_FAILED, EXIT_USAGE, WalkeeperError
+from walkeeper.errors import EXIT_ARCHIVE_UNREADABLE, EXIT_FAILED, EXIT_USAGE, WalkeeperError, \
+    from_os_error
 
 HOT_COMMANDS = ("push", "fetch")
 
@@ -31,6 +32,13 @@ def run(command: str, target: str, config_path: str | None, fn) -> int:
         line = exc.line()
     except KeyboardInterrupt:
         code, line = EXIT_FAILED, "interrupted"
+    except OSError as exc:  # a path nothing below anticipated: still one line naming it
+        if log.level >= log.VERBOSE:
+            import traceback
+
+            traceback.print_exc()
+        err = from_os_error(exc, fetch=command == "fetch")
+        code, line = err.exit_code, err.line()
     except Exception as exc:  # a bug, or an error we did not anticipate
         if log.level >= log.VERBOSE:
             import traceback
@@ -38,11 +46,9 @@ def run(command: str, target: str, config_path: str | None, fn) -> int:
             traceback.print_exc()
         code = EXIT_ARCHIVE_UNREADABLE if command == "fetch" else EXIT_FAILED
         line = f"unexpected error: {type(exc).__name__}: {exc} (rerun with -v for details)"
-    # Not-found is routine for fetch (PostgreSQL probes for history files), so it
-    # is not recorded as a failure.
-    if cfg is not None and not (command == "fetch" and code == EXIT_FAILED):
-        from walkeeper import state
+    from walkeeper import state
 
+    if cfg is not None and state.counts_as_failure(command, code):
         state.record_failure(cfg.state_dir, command, target, line)
     if log.level > log.QUIET or code != EXIT_FAILED or command != "fetch":
         print(f"walkeeper {command}: {line}", file=sys.stderr, flush=True)

@@ -15,6 +15,7 @@ import time
 
 from walkeeper.config import Config
 from walkeeper.errors import ConfigError, OperationFailed, StoreError
+from walkeeper.log import plural
 from walkeeper.format.layout import wal_keys
 from walkeeper.record import record
 from walkeeper.stores import open_store
@@ -260,13 +261,13 @@ def _archiver(s: dict) -> Check | None:
     if not s["failed_count"] or failed_at is None:
         return None
     if archived_at is not None and archived_at > failed_at:
-        return Check("archiver", True, f"archiving; {s['failed_count']} failed attempt(s) "
+        return Check("archiver", True, f"archiving; {plural(s['failed_count'], 'failed attempt')} "
                                        f"since the statistics were reset, the last at "
                                        f"{failed_at.isoformat(timespec='seconds')} "
                                        f"({s['last_failed_wal']}), archived since")
     return Check("archiver", False, f"the last attempt failed: {s['last_failed_wal']} at "
                                     f"{failed_at.isoformat(timespec='seconds')}, "
-                                    f"{s['failed_count']} failure(s)",
+                                    f"{plural(s['failed_count'], 'failure')}",
                  "see `walkeeper status` and the PostgreSQL log for the reason; WAL piles up "
                  "in pg_wal until archiving works again")
 
@@ -313,7 +314,7 @@ def _wal_switch(config: Config, timeout: float) -> Check:
     finally:
         for store in opened.values():
             store.close()
-    detail = (f"{segment} not in store(s) {', '.join(waiting)} after {timeout:.0f} s"
+    detail = (f"{segment} not in {'store' if len(waiting) == 1 else 'stores'} {', '.join(waiting)} after {timeout:.0f} s"
               + "".join(f"; {e}" for e in errors.values()))
     return Check("wal switch", False, detail + _archiver_note(config),
                  "see the PostgreSQL log and `walkeeper status` (failures) for why "

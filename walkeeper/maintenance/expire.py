@@ -12,8 +12,10 @@ store then deletes what it holds of it. The order makes an interrupted run safe:
 An interrupted run leaves directories without metadata: `list` and verify-chain
 show them as incomplete. The next expire removes such a directory once every object
 in it is older than the oldest kept backup's start and untouched for a day (a
-basebackup still running writes into its directory all along). Empty directories
-may stay; the catalog ignores them.
+basebackup still running writes into its directory all along). A directory emptied
+by expire is removed with its last object. A .history file is removed once nothing is
+left of its timeline and it branched off below the cut (retention.orphan_histories):
+otherwise every later recover would be sent towards a timeline that is gone.
 
 Every store must be readable: planning on a partial view could delete, in the
 stores that answered, what the silent one was counted on to keep.
@@ -28,9 +30,11 @@ from walkeeper.catalog.reader import merge, read_archive
 from walkeeper.config import Config
 from walkeeper.errors import OperationFailed, StoreError
 from walkeeper.format.layout import BACKUP_META, DUMP_META, backup_dir, backup_meta_key, dump_dir, \
-    dump_meta_key
+    dump_meta_key, stored_name
+from walkeeper.wal import WalKind, parse_wal_name
 from walkeeper.reports.list import read_dumps
-from walkeeper.catalog.retention import COUNTS, cut_segments, select, select_dumps, utc, wal_to_delete
+from walkeeper.catalog.retention import COUNTS, cut_segments, orphan_histories, select, \
+    select_dumps, utc, wal_to_delete
 from walkeeper.stores import open_stores
 
 # An incomplete backup directory untouched this long is not a basebackup at work.
@@ -87,10 +91,13 @@ def expire(config: Config, dry_run: bool = False, now: datetime | None = None) -
             "kept_dumps": [{"id": i, "reasons": r} for i, r in dump_sel.keep.items()],
             "deleted_dumps": list(dump_sel.delete),
             "deleted_incomplete": stale,
+            "deleted_histories": [f"{t:08X}.history"
+                                  for t in _orphans(union, kept)],
             "wal_cut": {str(t): name for t, name in cut_segments(union, kept).items()},
         }
         if not dry_run:
-            _delete(views, cluster, sel.delete, dump_sel.delete, stale, kept)
+            _delete(views, cluster, sel.delete, dump_sel.delete, stale, kept,
+                    set(_orphans(union, kept)))
             errors = [f"store {v.store.name!r}: {v.error}" for v in views if v.error]
             if errors:
                 raise OperationFailed(
@@ -112,7 +119,7 @@ def _read(stores: list, cluster: str) -> list[_View]:
     views = []
     for store in stores:
         try:
-            views.append(_View(store, read_archive(store, cluster, with_history=False),
+            views.append(_View(store, read_archive(store, cluster),
                                read_dumps(store, cluster)))
         except StoreError as exc:
             raise OperationFailed(f"{exc}; expire reads every store before deleting anything, "
@@ -148,10 +155,36 @@ def _stale_incomplete(views: list[_View], cluster: str, union, kept: list,
     return stale
 
 
+def _history_keys(v: _View, cluster: str) -> dict[int, str]:
+    """{timeline: key} of the .history objects in one store."""
+    out = {}
+    for e in v.store.list(f"{cluster}/wal"):
+        name = None if e.is_dir else stored_name(e.name)
+        try:
+            wal = parse_wal_name(name) if name else None
+        except ValueError:
+            continue
+        if wal is not None and wal.kind is WalKind.HISTORY:
+            out[wal.timeline] = f"{cluster}/wal/{e.name}"
+    return out
+
+
+def _orphans(union, kept: list) -> list[int]:
+    return orphan_histories(union, kept, union.histories)
+
+
+def _remove_dir(store, directory: str) -> None:
+    """An emptied directory goes too (a store without directories has no remove_dir)."""
+    remove = getattr(store, "remove_dir", None)
+    if remove is not None:
+        remove(directory)
+
+
 def _delete(views: list[_View], cluster: str, backups: list[str], dumps: list[str],
-            stale: list[str], kept: list) -> None:
-    """Metadata everywhere, then the rest, then WAL; a store that fails is left
-    alone from then on (its error is kept in view.error)."""
+            stale: list[str], kept: list, orphans: set[int] = frozenset()) -> None:
+    """Metadata everywhere, then the rest, then WAL, then history files left without a
+    timeline; emptied directories go with their last object. A store that fails is
+    left alone from then on (its error is kept in view.error)."""
     def each(fn) -> None:
         for v in views:
             if v.error is None:
@@ -173,17 +206,32 @@ def _delete(views: list[_View], cluster: str, backups: list[str], dumps: list[st
         for bid in backups + stale:
             if v.holds_backup(bid):
                 _empty(v.store, backup_dir(cluster, bid), BACKUP_META)
+                _remove_dir(v.store, backup_dir(cluster, bid))
         for did in dumps:
             if v.holds_dump(did):
                 _empty(v.store, dump_dir(cluster, did), DUMP_META)
+                _remove_dir(v.store, dump_dir(cluster, did))
 
     def wal(v: _View) -> None:
+        emptied = set()
         for obj in wal_to_delete(v.model, kept):
             v.store.delete(obj.key)
+            emptied.add(obj.key.rsplit("/", 1)[0])
+        for d in sorted(emptied):
+            if d != f"{cluster}/wal" and not v.store.list(d):
+                _remove_dir(v.store, d)
+
+    def histories(v: _View) -> None:
+        if not orphans:
+            return
+        for tli, key in sorted(_history_keys(v, cluster).items()):
+            if tli in orphans:
+                v.store.delete(key)
 
     each(metadata)
     each(contents)
     each(wal)
+    each(histories)
 
 
 def _empty(store, directory: str, meta: str) -> None:

@@ -25,11 +25,11 @@ import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 
-from walkeeper import state
+from walkeeper import log, state
 from walkeeper.catalog.reader import merge, read_archive, recoverable_windows, runs
 from walkeeper.config import Config
 from walkeeper.errors import CorruptObject, MisplacedObject, ObjectNotFound, StoreError, \
-    UsageError
+    UnknownName
 from walkeeper.format import naming
 from walkeeper.format.layout import BACKUP_META, backup_dir, is_temp, stored_name
 from walkeeper.catalog.model import ArchiveModel
@@ -85,7 +85,7 @@ def verify_chain(config: Config, only: str | None = None, quick: bool = False,
                  progress: bool = False) -> Report:
     cfgs = [s for s in config.stores if only is None or s.name == only]
     if only is not None and not cfgs:
-        raise UsageError(f"--store {only}: no such store; configured: "
+        raise UnknownName(f"--store {only}: no such store; configured: "
                          + ", ".join(s.name for s in config.stores))
     report = Report(stores=[c.name for c in cfgs], quick=quick)
     stores = [open_store(c, config.keyring) for c in cfgs]
@@ -501,7 +501,7 @@ def failure(report: Report):
     for p in report.problems:
         kinds[p.kind] = kinds.get(p.kind, 0) + 1
     return OperationFailed(
-        f"{len(report.problems)} problem(s) found ("
+        f"{log.plural(len(report.problems), 'problem')} found ("
         + ", ".join(f"{n} {k}" for k, n in kinds.items()) + ")",
         hint="see the problems listed (\"problems\" in --json)")
 

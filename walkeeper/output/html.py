@@ -12,8 +12,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from html import escape
 
-from walkeeper.log import human_bytes
-from walkeeper.output.text import age as _age, when as _when
+from walkeeper.log import human_bytes, plural
+from walkeeper.output.text import age as _age, backup_size_text, when as _when
 from walkeeper.reports.status import parse_time as _t
 
 WIDTH = 1180            # drawing width of the charts, in SVG units
@@ -83,7 +83,8 @@ def _summary(d: dict, now: datetime) -> str:
     b = d["last_backup"]
     age = (now - _t(b["time"])).total_seconds() if b and _t(b["time"]) else None
     cards.append(_card("Last backup", _age(b["time"], now) if b else "none",
-                       f"{b['id']}, {human_bytes(b['size'])}, in {', '.join(b['stores'])}"
+                       f"{b['id']}, " + backup_size_text(b.get("database_bytes"),
+                                                         b.get("stored_bytes") or {})
                        if b else "no complete backup",
                        "bad" if age is None or age > 7 * 86400 else
                        "warn" if age > 26 * 3600 else "ok"))
@@ -99,7 +100,7 @@ def _summary(d: dict, now: datetime) -> str:
                            f"{_age(dr['time'], now)}: {dr.get('reason') or ''}", "bad"))
     ends = [w["to_time"] for w in d["windows"]]
     cards.append(_card("Recoverable until", _when(max(ends, key=lambda x: _t(x))) if ends
-                       else "nothing", f"{len(d['windows'])} window(s)",
+                       else "nothing", plural(len(d['windows']), 'window'),
                        "ok" if ends else "bad"))
     n = len(d["failures"])
     cards.append(_card("Failures (24 h)", str(n),

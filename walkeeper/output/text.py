@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from datetime import datetime, timezone
 
-from walkeeper.log import human_bytes
+from walkeeper.log import human_bytes, plural
 from walkeeper.reports.status import RECENT_FAILURES, parse_time
 
 
@@ -29,10 +29,6 @@ def age(text, now: datetime) -> str:
         if s >= 2 * n:
             return f"{s // n} {unit} ago"
     return f"{s} s ago"
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def status(data: dict) -> str:
@@ -56,8 +52,8 @@ def status(data: dict) -> str:
                      f"{when(srv['last_failed_time'])}")
     b = data["last_backup"]
     lines.append("last backup   " + (
-        f"{b['id']} at {when(b['time'])} ({age(b['time'], now)}), {human_bytes(b['size'])}, "
-        f"in {', '.join(b['stores']) or '-'}" if b else "none"))
+        f"{b['id']} at {when(b['time'])} ({age(b['time'], now)}), "
+        f"{backup_size_text(b.get('database_bytes'), b.get('stored_bytes') or {})}" if b else "none"))
     d = data["last_drill"]
     if d is None:
         lines.append("last drill    never")
@@ -82,7 +78,7 @@ def status(data: dict) -> str:
         if not s["reachable"]:
             lines.append(f"  {s['name']:<12} UNREACHABLE: {s['error']}")
             continue
-        lines.append(f"  {s['name']:<12} {s['backups']} backup(s), {human_bytes(s['bytes'])} "
+        lines.append(f"  {s['name']:<12} {plural(s['backups'], 'backup')}, {human_bytes(s['bytes'])} "
                      f"stored, {human_bytes(s['free_bytes'])} free, newest WAL "
                      f"{s['newest_wal'] or '-'}")
     recent = data["failures"]
@@ -98,8 +94,17 @@ def status(data: dict) -> str:
 
 # ---------------------------------------------------------------- list
 
-def _stored(per_store: dict) -> str:
+def stored_text(per_store: dict) -> str:
+    """What a backup or dump takes in each store, as every report prints it (binary
+    units, human_bytes): `list`, `status` and the dashboard must not disagree."""
     return ", ".join(f"{n} {human_bytes(v) if v else '-'}" for n, v in per_store.items())
+
+
+def backup_size_text(database_bytes, stored_bytes: dict) -> str:
+    """'21.5 MiB of data, stored: local 2.1 MiB, offsite 2.1 MiB' (list's DB SIZE and
+    STORED columns, in one phrase)."""
+    return (f"{human_bytes(database_bytes)} of data, stored: "
+            f"{stored_text(stored_bytes) or '-'}")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -121,7 +126,7 @@ def list_(data: dict) -> str:
             ["ID", "LABEL", "START", "STOP", "START LSN", "STOP LSN", "TLI", "DB SIZE", "STORED"],
             [[b["id"], b["label"] or "-", when(b["start_time"]), when(b["stop_time"]),
               b["start_lsn"], b["stop_lsn"], str(b["timeline"]), human_bytes(b["database_bytes"]),
-              _stored(b["stored_bytes"])] for b in data["backups"]])
+              stored_text(b["stored_bytes"])] for b in data["backups"]])
     else:
         lines.append("  none")
     if data.get("incomplete_backups"):
@@ -136,7 +141,7 @@ def list_(data: dict) -> str:
     lines += ["", f"Dumps ({len(data['dumps'])})"]
     if data["dumps"]:
         lines += _table(["ID", "DATABASE", "TIME", "STORED"],
-                        [[d["id"], str(d["database"]), when(d["time"]), _stored(d["stored_bytes"])]
+                        [[d["id"], str(d["database"]), when(d["time"]), stored_text(d["stored_bytes"])]
                          for d in data["dumps"]])
     else:
         lines.append("  none")
@@ -158,9 +163,10 @@ def verify_chain(report) -> str:
         for p in report.problems:
             lines.append(f"  {p.kind:<{width}}  {p.store}  {p.object}: {p.detail}")
     mode = "quick (trailers and sizes)" if report.quick else "deep (decoded and verified)"
-    lines.append(f"checked {report.objects} objects ({report.bytes / (1 << 20):.1f} MiB read) "
-                 f"in {', '.join(report.stores)}, {mode}: "
-                 + ("no problem" if report.ok else f"{len(report.problems)} problem(s)"))
+    lines.append(f"checked {plural(report.objects, 'object')} "
+                 f"({report.bytes / (1 << 20):.1f} MiB read) in {', '.join(report.stores)}, "
+                 f"{mode}: " + ("no problem" if report.ok
+                               else plural(len(report.problems), "problem")))
     if getattr(report, "old_format", 0):
         from walkeeper.format.objects import FORMAT_VERSION
 
@@ -282,7 +288,7 @@ def expire(result: dict, dry_run: bool = False) -> str:
               for k in result["kept_dumps"]]
     lines += [f"  {verb}  dump {i}" for i in result["deleted_dumps"]]
     cut = ", ".join(f"{s} on timeline {t}" for t, s in result["wal_cut"].items())
-    lines.append(f"  WAL: {verb} {result['deleted_wal']} file(s)"
+    lines.append(f"  WAL: {verb} {plural(result['deleted_wal'], 'file')}"
                  + (f", everything below {cut}" if cut else ""))
     return "\n".join(lines) + "\n"
 
@@ -290,8 +296,9 @@ def expire(result: dict, dry_run: bool = False) -> str:
 def drill(result: dict) -> str:
     text = (f"drill passed: backup {result['backup']} restored and recovered to the "
             f"end of the archive in {result['seconds']:.1f} s (until it accepted "
-            f"connections with recovery finished); {len(result['databases'])} "
-            f"database(s) checked" + ("; [drill] sql ran" if result["sql"] else "") + "\n")
+            f"connections with recovery finished); "
+            f"{plural(len(result['databases']), 'database')} checked"
+            + ("; [drill] sql ran" if result["sql"] else "") + "\n")
     if result["kept"]:
         text += (f"restored copy kept in {result['kept']} (stopped; start it with: "
                  f"pg_ctl -D {result['kept']} start)\n")

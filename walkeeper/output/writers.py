@@ -11,7 +11,7 @@ import json
 import os
 import time
 
-from walkeeper.errors import OperationFailed
+from walkeeper.errors import OperationFailed, UsageError
 
 FORMATS = ("text", "json", "prometheus", "html")
 
@@ -58,4 +58,11 @@ def write_atomic(path: str, text: str) -> None:
             os.unlink(tmp)
         except OSError:
             pass
-        raise OperationFailed(f"cannot write {path}: {exc.strerror or exc}") from None
+        import errno
+
+        bad_path = exc.errno in (errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR,
+                                 errno.ENOTDIR, errno.EROFS)
+        cls = UsageError if bad_path else OperationFailed    # a typo is not a failure
+        raise cls(f"cannot write {path}: {exc.strerror or exc}",
+                  hint="give a file path in an existing directory this user can write"
+                  if bad_path else None) from None

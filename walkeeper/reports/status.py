@@ -108,7 +108,7 @@ def _stores(config: Config) -> tuple[list[dict], list]:
         backup_bytes = sum(b.stored_bytes.get(cfg.name, 0) for b in model.backups)
         wal_bytes = sum(o.stored_size for o in segs) + sum(o.stored_size for o in model.other)
         dump_bytes = sum(d["stored_bytes"].get(cfg.name, 0) for d in dumps)
-        newest = max(segs, key=lambda o: (o.mtime, o.name), default=None)
+        newest = _newest_by_position(model)
         row.update(reachable=True, backups=len(model.backups), backup_bytes=backup_bytes,
                    wal_bytes=wal_bytes, dump_bytes=dump_bytes,
                    bytes=backup_bytes + wal_bytes + dump_bytes, wal_segments=len(segs),
@@ -116,6 +116,30 @@ def _stores(config: Config) -> tuple[list[dict], list]:
                    newest_wal_time=_from_ts(newest.mtime) if newest else None)
         rows.append(row)
     return rows, models
+
+
+def _position(name: str | None) -> tuple[int, int] | None:
+    """(timeline, segment number) of a segment, .partial or .backup file name; None
+    for a history file or anything else. Within a timeline, the name orders as the
+    position; across timelines, the newer timeline is the newer WAL."""
+    try:
+        wal = parse_wal_name(str(name))
+    except ValueError:
+        return None
+    if wal.kind is WalKind.HISTORY or wal.segment is None:
+        return None
+    return (wal.timeline, int(wal.name[8:24], 16))
+
+
+def _newest_by_position(model):
+    """The segment object furthest along the WAL: the highest timeline, then the
+    highest segment on it. Never by file time: a `touch`, or a store copied without
+    its times, must not hide an archiving stall."""
+    tlis = [t for t, by_no in model.segments.items() if by_no]
+    if not tlis:
+        return None
+    by_no = model.segments[max(tlis)]
+    return by_no[max(by_no)]
 
 
 def _from_ts(ts: float | None) -> str | None:
@@ -143,14 +167,17 @@ def _last_push(state_dir: str, models: list) -> dict | None:
                "source": "state"}
     newest = None
     for m in models:
-        for by_no in m.segments.values():
-            for o in by_no.values():
-                if newest is None or o.mtime > newest.mtime:
-                    newest = o
+        o = _newest_by_position(m)
+        if o is not None and (newest is None or _position(o.name) > _position(newest.name)):
+            newest = o
     if newest is not None:
-        t = _from_ts(newest.mtime)
-        if out is None or parse_time(t) > parse_time(out["time"]) + timedelta(seconds=1):
-            out = {"name": newest.name, "time": t, "stores": None, "source": "archive"}
+        # The archive wins only when it holds WAL further along than this host's record
+        # (push may run as another user, with another state directory); the time shown
+        # is then that object's archive time.
+        recorded = _position(out["name"]) if out else None
+        if out is None or recorded is None or _position(newest.name) > recorded:
+            out = {"name": newest.name, "time": _from_ts(newest.mtime), "stores": None,
+                   "source": "archive"}
     return out
 
 

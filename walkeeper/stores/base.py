@@ -72,6 +72,9 @@ class Store:
 
     def delete(self, key: str) -> None: ...
 
+    def remove_dir(self, prefix: str) -> None:
+        """Optional (stores with directories): remove `prefix` if it is empty."""
+
     def close(self) -> None: ...
 
     # Optional (callers use getattr): a store whose root is a directory that must

@@ -216,6 +216,14 @@ class LocalStore:
         except OSError as exc:
             raise self._error("cannot delete", path, exc) from None
 
+    def remove_dir(self, prefix: str) -> None:
+        """Remove the directory `prefix` if it is empty; nothing otherwise (absent, not
+        empty, or not removable: an empty directory is harmless)."""
+        try:
+            os.rmdir(self._path(prefix))
+        except OSError:
+            pass
+
     def free_bytes(self) -> int | None:
         """Bytes available to this user on the store's file system; None if unknown."""
         d = self.root

@@ -213,6 +213,7 @@ class SftpStore:
 
     def _connect(self) -> None:
         cfg = self.cfg
+        log.route_library_logging("paramiko")
         delay = 0.5
         for attempt in range(1, cfg.retries + 1):
             client = paramiko.SSHClient()
@@ -363,6 +364,14 @@ class SftpStore:
         try:
             self._retrying("cannot delete", path, lambda sftp: sftp.remove(path))
         except FileNotFoundError:
+            pass
+
+    def remove_dir(self, prefix: str) -> None:
+        """Remove the directory `prefix` if it is empty; nothing otherwise."""
+        path = self._path(prefix)
+        try:
+            self._retrying("cannot remove", path, lambda sftp: sftp.rmdir(path))
+        except (FileNotFoundError, StoreError):
             pass
 
     def free_bytes(self) -> int | None:
