@@ -38,7 +38,8 @@ def read_dumps(store, cluster: str) -> list[dict]:
             continue
         measured = sum(e.size for e in entries if not e.is_dir and not is_temp(e.name))
         out.append({"id": str(meta.get("id", d.name)), "database": meta.get("database"),
-                    "time": meta.get("time"), "stored_bytes": {store.name: measured}})
+                    "time": meta.get("time"), "stored_bytes": {store.name: measured},
+                    "name": meta.get("name")})
     return out
 
 

@@ -1,0 +1,27 @@
+"""manage.py drill: `walkeeper drill`, the monthly test restore."""
+
+from walkeeper.contrib.django.commands import WalkeeperCommand
+
+
+class Command(WalkeeperCommand):
+    help = ("Restore test: restore the newest base backup into a scratch cluster, replay the "
+            "archive, check every database, remove it (walkeeper drill).")
+    walkeeper_command = "drill"
+
+    def add_arguments(self, parser) -> None:
+        super().add_arguments(parser)
+        parser.add_argument("--keep", action="store_true",
+                            help="Keep the restored copy (its path is printed).")
+
+    def run(self, cfg, options) -> None:
+        from walkeeper.backups import drill
+
+        result = drill.run_drill(cfg, options["keep"])
+        if options["as_json"]:
+            self.emit_json(result)
+            return
+        self.stdout.write(f"drill passed: backup {result['backup']} restored and recovered in "
+                          f"{result['seconds']:.1f} s; {len(result['databases'])} database(s) "
+                          f"checked")
+        if result["kept"]:
+            self.stdout.write(f"restored copy kept in {result['kept']}")
