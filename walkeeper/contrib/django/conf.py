@@ -123,6 +123,11 @@ def load(alias: str | None = DEFAULT_DB_ALIAS, sftp: bool = False):
     connection as configured). sftp: the SFTP store even if BACKUP_SFTP_ENABLED is off
     (create_backup --upload-to-sftp)."""
     env = environment(sftp)
+    if sftp and not enabled(environment().get("BACKUP_SFTP_ENABLED", "")):
+        missing = [v for v in ("BACKUP_SFTP_HOST", "BACKUP_SFTP_USER") if not env.get(v)]
+        if missing:
+            raise ConfigError(f"--upload-to-sftp: no SFTP store is configured; set "
+                              f"{' and '.join(missing)}")
     data = get("WALKEEPER")
     path = get("WALKEEPER_CONFIG")
     if data is not None and path:
