@@ -293,6 +293,17 @@ def test_manage_py_exit_codes_and_one_line(djdb, tmp_path):
     assert r.returncode == 3 and "no such alias" in r.stderr
     r = run("create_backup", "--upload-to-sftp")
     assert r.returncode == 3 and "no SFTP store" in r.stderr
+    # On a terminal it asks; anything but "yes" changes nothing.
+    master, slave = os.openpty()
+    try:
+        os.write(master, b"no\n")
+        r = subprocess.run(manage + ["restore_backup", dump_id, "--clean"], env=env,
+                           capture_output=True, text=True, timeout=120, stdin=slave)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert r.returncode == 1 and "restore cancelled; nothing was changed" in r.stderr
+    assert "Type 'yes' to continue" in r.stdout
     r = run("backup_status", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["last_dump"]["id"] == dump_id
     # BACKUP_DIR from the environment of settings.py is what the checks look at
@@ -460,3 +471,48 @@ def test_dashboard_is_staff_only_and_shows_the_four_items(djdb, site, tmp_path):
     assert 'id="dumps"' in dom.stdout and "disk full" in dom.stdout
     console = [ln for ln in dom.stderr.splitlines() if "CONSOLE" in ln]
     assert console == []
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+def test_create_backup_base_takes_a_walkeeper_base_backup(dj, pg, wk, tmp_path):
+    """--base: pg_basebackup into the stores that archive_command feeds; the DATABASES
+    connection is the one used, the stores come from WALKEEPER_CONFIG."""
+    from test_backup import archiving_cluster
+
+    cluster, cfg_path = archiving_cluster(pg, wk, tmp_path)
+    db = {"ENGINE": "django.db.backends.postgresql", "HOST": str(cluster.socket_dir),
+          "PORT": str(cluster.port), "NAME": "postgres", "USER": cluster.user}
+    with override_settings(WALKEEPER_CONFIG=str(cfg_path), WALKEEPER=None, BACKUP_DIR=None,
+                           DATABASES={"default": db}):
+        doc = json.loads(run_command("create_backup", base=True, as_json=True))
+        listed = json.loads(run_command("list_backups", as_json=True))
+    assert doc["kind"] == "base" and doc["backup"]["label"] == "django postgres"
+    assert [b["id"] for b in listed["backups"]] == [doc["backup"]["id"]]
+    assert (tmp_path / "local" / "test" / "backups" / doc["backup"]["id"]).is_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+def test_a_failed_backup_sends_backup_failed(dj, site, pg, tmp_path):
+    """The database is down: exit 1, one line, the signal, and a recorded failure."""
+    from walkeeper.contrib.django import signals
+
+    c = pg.new()
+    db = {"ENGINE": "django.db.backends.postgresql", "HOST": str(c.socket_dir),
+          "PORT": str(c.port), "NAME": "postgres", "USER": c.user}
+    c.stop()
+    got = []
+
+    def receiver(sender, **kwargs):
+        got.append(kwargs)
+
+    signals.backup_failed.connect(receiver)
+    try:
+        with override_settings(DATABASES={"default": db}), pytest.raises(CommandError) as err:
+            run_command("create_backup")
+    finally:
+        signals.backup_failed.disconnect(receiver)
+    assert err.value.returncode == 1 and "pg_dump" in str(err.value)
+    assert len(got) == 1 and got[0]["exit_code"] == 1 and got[0]["kind"] == "dump"
+    assert json.loads((tmp_path / "state" / "failures.jsonl").read_text())["command"] == "dump"
