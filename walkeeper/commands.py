@@ -70,10 +70,11 @@ def recover(config, pgdata: str, *, target_time: str | None = None,
     return restore.recover(config, pgdata, target, options, backup_id, dry_run)
 
 
-def dump(config, database: str | None = None) -> dict:
+def dump(config, database: str | None = None, name: str | None = None) -> dict:
+    """name: the dump's name (Django's `<db>_<YYYYmmdd_HHMMSS>`); default none."""
     from walkeeper.backups import dump as dumping
 
-    return dumping.take_dump(config, database)
+    return dumping.take_dump(config, database, name=name)
 
 
 def restore_dump(config, dump_id: str, database: str, clean: bool = False) -> dict:

@@ -241,13 +241,19 @@ def _read_toml(path: str, env: dict[str, str]) -> dict:
     return data
 
 
-def load(path: str | None = None, env: dict[str, str] | None = None) -> Config:
-    """Read the config file (if any) and the environment into a validated Config."""
+def load(path: str | None = None, env: dict[str, str] | None = None,
+         data: dict | None = None) -> Config:
+    """Read the config file (if any) and the environment into a validated Config.
+
+    data: the file's content already parsed (a dict shaped like the TOML file, e.g.
+    Django's WALKEEPER setting), used instead of reading any file."""
     env = dict(os.environ) if env is None else env
     explicit = path or env.get("WALKEEPER_CONFIG")
     file_path: str | None = None
-    data: dict = {}
-    if explicit or os.path.exists(DEFAULT_PATH):
+    if data is not None:
+        if not isinstance(data, dict):
+            raise ConfigError("configuration: expected a dict shaped like the TOML file")
+    elif explicit or os.path.exists(DEFAULT_PATH):
         file_path = os.path.abspath(os.path.expanduser(explicit or DEFAULT_PATH))
         try:
             data = _read_toml(file_path, env)
@@ -267,6 +273,8 @@ def load(path: str | None = None, env: dict[str, str] | None = None) -> Config:
                               f"{exc.strerror or exc}", hint="check the path") from None
         except ValueError as exc:       # tomllib.TOMLDecodeError
             raise ConfigError(f"config file {file_path} is not valid TOML: {exc}") from None
+    else:
+        data = {}
     flat = _flatten(data, file_path)
     values: dict = {}
     for s in SETTINGS:

@@ -28,11 +28,12 @@ from walkeeper.archiving.transfer import fetch_to_file
 _ID_RE = re.compile(r"^\d{8}T\d{6}Z(?:-\d+)?$")
 
 
-def take_dump(config: Config, database: str | None = None) -> dict:
+def take_dump(config: Config, database: str | None = None, name: str | None = None) -> dict:
     """pg_dump -Fc of one database (default: the conninfo's) into every store.
 
     Returns the metadata written to dump.json: id, database, time, key, size,
-    stored_bytes (per store), sha256, format.
+    stored_bytes (per store), sha256, format; and name when given (a second handle
+    for restore_dump, e.g. the Django runbook's <db>_<YYYYmmdd_HHMMSS>).
     """
     conninfo = config["postgres.conninfo"]
     dump_id = ""
@@ -55,6 +56,8 @@ def take_dump(config: Config, database: str | None = None) -> dict:
                    "key": key, "format": "pg_dump -Fc", "size": trailer.original_size,
                    "stored_bytes": {s.name: stored_size(trailer) for s in stores},
                    "sha256": trailer.checksum}
+            if name:
+                doc["name"] = name
             try:
                 write_metadata(stores, dump_meta_key(config.cluster, dump_id), doc, seal)
             except BaseException:
@@ -144,6 +147,9 @@ def _fetch(config: Config, dump_id: str, dest: str) -> str:
         store = open_store(cfg, config.keyring)
         try:
             doc = _read_meta(store, config.cluster, dump_id) if _ID_RE.match(dump_id) else None
+            if doc is None:     # a dump's name (take_dump's `name`) works too
+                doc = next((d for d in list_dumps(store, config.cluster)
+                            if d.get("name") == dump_id), None)
             if doc is None:
                 known |= {d["id"] for d in list_dumps(store, config.cluster)}
                 continue

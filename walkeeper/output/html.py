@@ -98,6 +98,11 @@ def _summary(d: dict, now: datetime) -> str:
     else:
         cards.append(_card("Last restore drill", "FAILED",
                            f"{_age(dr['time'], now)}: {dr.get('reason') or ''}", "bad"))
+    dm = d.get("last_dump")
+    if dm is not None:
+        cards.append(_card("Last dump", _age(dm["time"], now),
+                           f"{dm.get('name') or dm['id']} of {dm['database']}, in "
+                           f"{', '.join(sorted(dm['stored_bytes']))}", "ok"))
     ends = [w["to_time"] for w in d["windows"]]
     cards.append(_card("Recoverable until", _when(max(ends, key=lambda x: _t(x))) if ends
                        else "nothing", plural(len(d['windows']), 'window'),
@@ -307,6 +312,16 @@ def _backups(d: dict) -> str:
                   rows, "No complete base backup.", extra)
 
 
+def _dumps(d: dict) -> str:
+    names = [s["name"] for s in d["stores"]]
+    rows = [[f"<td><code>{_e(x.get('name') or x['id'])}</code></td>", _td(x["database"]),
+             _td(_when(x["time"]))]
+            + [_td(human_bytes(x["stored_bytes"][n]) if x["stored_bytes"].get(n) else "-", True)
+               for n in names] for x in d.get("dumps", [])]
+    return _table("dumps", f"Dumps ({len(rows)})", ["dump", "database", "time"]
+                  + [f"in {n}" for n in names], rows, "No dump.")
+
+
 def _free_bar(s: dict) -> str:
     used, free = s["bytes"] or 0, s["free_bytes"]
     if free is None:
@@ -349,7 +364,7 @@ def _failures(d: dict) -> str:
 def render(d: dict) -> str:
     now = _t(d["generated"]) or datetime.now(timezone.utc).astimezone()
     body = "".join([_summary(d, now), _timeline(d, now), _windows(d), _wal(d), _backups(d),
-                    _stores(d), _failures(d)])
+                    _dumps(d), _stores(d), _failures(d)])
     title = f"walkeeper: {d['cluster']}"
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

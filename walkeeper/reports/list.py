@@ -35,8 +35,11 @@ def read_dumps(store, cluster: str) -> list[dict]:
         except (ObjectNotFound, CorruptObject):
             continue
         measured = sum(e.size for e in entries if not e.is_dir and not is_temp(e.name))
-        out.append({"id": str(meta.get("id", d.name)), "database": meta.get("database"),
-                    "time": meta.get("time"), "stored_bytes": {store.name: measured}})
+        row = {"id": str(meta.get("id", d.name)), "database": meta.get("database"),
+               "time": meta.get("time"), "stored_bytes": {store.name: measured}}
+        if meta.get("name"):        # a second handle, e.g. Django's <db>_<YYYYmmdd_HHMMSS>
+            row["name"] = str(meta["name"])
+        out.append(row)
     return out
 
 

@@ -40,7 +40,7 @@ COUNTED_COMMANDS = ("push", "fetch", "basebackup", "dump", "drill", "expire", "v
 
 def collect(config: Config, now: datetime | None = None) -> dict:
     now = now or datetime.now(timezone.utc).astimezone()
-    stores, models = _stores(config)
+    stores, models, dumps = _stores(config)
     union = merge(models) if models else None
     failures, counts, last_failed = _failures(config.state_dir, now)
     server = _server(config, union)
@@ -61,6 +61,8 @@ def collect(config: Config, now: datetime | None = None) -> dict:
         "wal": _coverage(union) if union else [],
         "windows": recoverable_windows(union) if union else [],
         "warnings": _warnings(config, union, server["info"]),
+        "dumps": dumps,
+        "last_dump": dumps[0] if dumps else None,
     }
 
 
@@ -81,8 +83,10 @@ def _warnings(config: Config, union, info: dict) -> list[str]:
             f"docs/runbook.md)"]
 
 
-def _stores(config: Config) -> tuple[list[dict], list]:
-    rows, models = [], []
+def _stores(config: Config) -> tuple[list[dict], list, list[dict]]:
+    """(a row per store, the archive model of each readable store, every complete dump
+    newest first: {"id", "name", "database", "time", "stored_bytes": {store: bytes}})."""
+    rows, models, all_dumps = [], [], {}
     for cfg in config.stores:
         where = location(cfg)
         row = {"name": cfg.name, "type": cfg.type, "location": where, "reachable": False,
@@ -108,6 +112,9 @@ def _stores(config: Config) -> tuple[list[dict], list]:
         backup_bytes = sum(b.stored_bytes.get(cfg.name, 0) for b in model.backups)
         wal_bytes = sum(o.stored_size for o in segs) + sum(o.stored_size for o in model.other)
         dump_bytes = sum(d["stored_bytes"].get(cfg.name, 0) for d in dumps)
+        for d in dumps:
+            all_dumps.setdefault(d["id"], {**d, "stored_bytes": {}})["stored_bytes"].update(
+                d["stored_bytes"])
         newest = _newest_by_position(model)
         row.update(reachable=True, backups=len(model.backups), backup_bytes=backup_bytes,
                    wal_bytes=wal_bytes, dump_bytes=dump_bytes,
@@ -115,7 +122,8 @@ def _stores(config: Config) -> tuple[list[dict], list]:
                    newest_wal=newest.name if newest else None,
                    newest_wal_time=_from_ts(newest.mtime) if newest else None)
         rows.append(row)
-    return rows, models
+    dumps = sorted(all_dumps.values(), key=lambda d: (str(d["time"]), d["id"]), reverse=True)
+    return rows, models, dumps
 
 
 def _position(name: str | None) -> tuple[int, int] | None:
