@@ -118,7 +118,7 @@ class ToyStore:
     def free_bytes(self) -> int | None:
         return None
 
-    def abort_stale_uploads(self, prefix: str, before: float) -> list[str]:
+    def abort_stale_uploads(self, prefix: str, before: float, dry_run: bool = False) -> list[str]:
         self._k(prefix)
         return []
 

@@ -319,6 +319,8 @@ def _click_main(argv: list[str]) -> int:
             cut = ", ".join(f"{s} on timeline {t}" for t, s in result["wal_cut"].items())
             lines.append(f"  WAL: {verb} {result['deleted_wal']} file(s)"
                          + (f", everything below {cut}" if cut else ""))
+            lines += [f"  {verb}  unfinished upload {k} in {s}"
+                      for s, keys in result.get("aborted_uploads", {}).items() for k in keys]
             click.echo("\n".join(lines))
         run("expire", go)
 

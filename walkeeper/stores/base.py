@@ -76,8 +76,8 @@ class Store:
     def free_bytes(self) -> int | None:
         """Bytes the store can still take, None when it cannot tell (a bucket)."""
 
-    def abort_stale_uploads(self, prefix: str, before: float) -> list[str]:
-        """Remove uploads under `prefix` that never completed and were started before
+    def abort_stale_uploads(self, prefix: str, before: float, dry_run: bool = False) -> list[str]:
+        """Remove (dry_run: only name) uploads under `prefix` that never completed and were started before
         `before` (a Unix time) where the store keeps them apart from its objects (S3
         multipart uploads); return their keys. A store whose leftovers are `.tmp-`
         objects in its listing (local, SFTP) returns []: verify-chain reports those."""

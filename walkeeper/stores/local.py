@@ -226,7 +226,7 @@ class LocalStore:
             except OSError:
                 return None
 
-    def abort_stale_uploads(self, prefix: str, before: float) -> list[str]:
+    def abort_stale_uploads(self, prefix: str, before: float, dry_run: bool = False) -> list[str]:
         return []       # leftovers are .tmp- files, which verify-chain reports
 
     def close(self) -> None:

@@ -623,7 +623,7 @@ class S3Store:
     def free_bytes(self) -> int | None:
         return None         # a bucket has no free space to report
 
-    def abort_stale_uploads(self, prefix: str, before: float) -> list[str]:
+    def abort_stale_uploads(self, prefix: str, before: float, dry_run: bool = False) -> list[str]:
         """Abort multipart uploads under `prefix` started before `before` (a Unix time)
         whose final key holds no object, and delete claims as old; return the keys.
         An upload whose key holds an object is kept: it may be the upload that made the
@@ -642,8 +642,9 @@ class S3Store:
                              f"{u['UploadId']} of {key}: the key holds an object")
                     continue
                 try:
-                    self._call("abort upload of", key, lambda c: c.abort_multipart_upload(
-                        Bucket=self.bucket, Key=key, UploadId=u["UploadId"]))
+                    if not dry_run:
+                        self._call("abort upload of", key, lambda c: c.abort_multipart_upload(
+                            Bucket=self.bucket, Key=key, UploadId=u["UploadId"]))
                 except StoreError as exc:
                     if "NoSuchUpload" not in str(exc):
                         raise
@@ -661,8 +662,9 @@ class S3Store:
             for o in r.get("Contents", []):
                 leaf = o["Key"].rsplit("/", 1)[-1]
                 if leaf.startswith(CLAIM_PREFIX) and o["LastModified"].timestamp() < before:
-                    self._call("delete", o["Key"], lambda c: c.delete_object(
-                        Bucket=self.bucket, Key=o["Key"]))
+                    if not dry_run:
+                        self._call("delete", o["Key"], lambda c: c.delete_object(
+                            Bucket=self.bucket, Key=o["Key"]))
                     done.append(o["Key"][len(self.prefix):])
             if not r.get("IsTruncated"):
                 break
