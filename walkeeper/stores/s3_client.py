@@ -82,6 +82,19 @@ def _status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
 
 
+def _connection_reason(exc) -> str:
+    name = type(exc).__name__
+    if "ConnectTimeout" in name:
+        return "connecting timed out"
+    if "ReadTimeout" in name:
+        return "no answer within the timeout"
+    if name == "EndpointConnectionError":
+        return "cannot connect"
+    if "ConnectionClosed" in name:
+        return "the connection was closed by the server"
+    return name
+
+
 def _md5(data) -> str:
     return base64.b64encode(hashlib.md5(data).digest()).decode()
 
@@ -475,7 +488,7 @@ class S3Store:
                                   f"secret_key_env, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
                                   f"or an AWS profile") from None
             except (BotoConnectionError, HTTPClientError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
+                reason = _connection_reason(exc)
             except BotoCoreError as exc:
                 raise StoreError(self.name, f"cannot {what} s3://{self.bucket}/{key}: "
                                  f"{type(exc).__name__}: {exc}") from None
