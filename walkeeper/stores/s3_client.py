@@ -293,10 +293,15 @@ class S3Upload:
         try:
             if s._token_of(self.key) is not None:
                 raise ObjectExists(s.name, f"s3://{s.bucket}/{self.key} already exists")
+            # AWS S3 honours the condition on completion too; RGW 16 ignores it (the
+            # claim covers that)
+            cond = {"IfNoneMatch": "*"} if claim is not None else {}
             try:
                 s._call("complete upload of", self.key, lambda c: c.complete_multipart_upload(
                     Bucket=s.bucket, Key=self.key, UploadId=self.upload_id,
-                    MultipartUpload={"Parts": self.parts}))
+                    MultipartUpload={"Parts": self.parts}, **cond), taken_ok=True)
+            except _Taken:
+                raise ObjectExists(s.name, f"s3://{s.bucket}/{self.key} already exists") from None
             except StoreError:
                 # The reply may be lost while the object was made: look before failing.
                 if self._mine() is not True:
