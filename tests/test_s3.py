@@ -420,3 +420,31 @@ def test_encryption_on_s3(rgw, bucket, tmp_path):
     assert r.returncode >= 126, r.stderr
     assert "corrupt" in r.stderr, r.stderr
     assert not dest.exists()
+
+
+@pytest.mark.slow
+def test_memory_stays_bounded_whatever_the_object_size(rgw, bucket, tmp_path):
+    """A 320 MiB object streamed through the store: peak RSS of the process stays under
+    150 MB (two 16 MiB parts at most in memory: one filling, one being sent)."""
+    code = f"""
+import os, resource, sys
+from walkeeper.stores import open_store
+from walkeeper.stores.registry import StoreConfig
+cfg = StoreConfig(name="objects", type="s3", endpoint={rgw.endpoint!r}, bucket={bucket!r},
+                  access_key_env="WALKEEPER_S3_ACCESS_KEY",
+                  secret_key_env="WALKEEPER_S3_SECRET_KEY", timeout=30, retries=3)
+store = open_store(cfg)
+up = store.begin_put("c/backups/X/base.tar.zst")
+chunk = os.urandom(1 << 20)
+for i in range(320):
+    up.write(chunk[i % 7:] + chunk[:i % 7])
+up.commit()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+    r = subprocess.run([os.sys.executable, "-c", code], capture_output=True, text=True,
+                       env=clean_env(rgw.credentials_env()), timeout=600)
+    assert r.returncode == 0, r.stderr
+    peak_kib = int(r.stdout.split()[-1])
+    assert rgw.keys(bucket)["c/backups/X/base.tar.zst"] == 320 << 20
+    assert peak_kib < 150_000, f"peak RSS {peak_kib} KiB"
+    rgw.client().delete_object(Bucket=bucket, Key="c/backups/X/base.tar.zst")

@@ -157,6 +157,8 @@ class S3Upload:
         self.upload_id: str | None = None
         self.part: _Part | None = None
         self.parts: list[dict] = []
+        self.inflight = None            # (thread, result box) of the part being sent
+        self.numbered = 0               # parts begun
         self.done = False
 
     # ---------------------------------------------------------------- writing
@@ -171,11 +173,12 @@ class S3Upload:
                 if len(self.buf) <= SINGLE_MAX:
                     return
                 self._start_multipart()
-                data, self.buf = bytes(self.buf), bytearray()
+                data, self.buf = self.buf, bytearray()      # handed over, not copied
             view = memoryview(data)
             while view:
                 if self.part is None:
-                    self.part = _Part(len(self.parts) + 1)
+                    self.numbered += 1
+                    self.part = _Part(self.numbered)
                 view = self.part.add(view)
                 if self.part.full():
                     self._send_part()
@@ -191,8 +194,13 @@ class S3Upload:
         log.debug(f"store {s.name}: multipart upload of {self.key} started ({self.upload_id})")
 
     def _send_part(self) -> None:
+        """Send the part just filled in a thread while the next one fills (compression
+        and upload overlap); at most one part in flight, so at most two in memory."""
+        self._wait_part()
         s, part = self.store, self.part
+        self.part = None
         md5 = base64.b64encode(part.md5.digest()).decode()
+        box: dict = {}
 
         def send(c):
             part.rewind()
@@ -200,12 +208,32 @@ class S3Upload:
                                  PartNumber=part.number, Body=part.body(),
                                  ContentLength=part.size, ContentMD5=md5)
 
-        try:
-            r = s._call(f"upload part {part.number} of", self.key, send)
-        finally:
-            part.close()
-            self.part = None
-        self.parts.append({"PartNumber": part.number, "ETag": r["ETag"]})
+        def run():
+            try:
+                r = s._call(f"upload part {part.number} of", self.key, send)
+                box["part"] = {"PartNumber": part.number, "ETag": r["ETag"]}
+            except BaseException as exc:  # noqa: BLE001 - raised by _wait_part
+                box["error"] = exc
+            finally:
+                part.close()
+
+        t = threading.Thread(target=run, name=f"s3-part-{part.number}", daemon=True)
+        self.inflight = (t, box)
+        t.start()
+
+    def _wait_part(self) -> None:
+        if self.inflight is None:
+            return
+        t, box = self.inflight
+        t.join()
+        self.inflight = None
+        if "error" in box:
+            exc = box["error"]
+            if isinstance(exc, StoreError):
+                raise exc
+            raise StoreError(self.store.name, f"cannot upload a part of s3://"
+                             f"{self.store.bucket}/{self.key}: {type(exc).__name__}: {exc}")
+        self.parts.append(box["part"])
 
     # ---------------------------------------------------------------- commit
     def commit(self) -> None:
@@ -287,8 +315,9 @@ class S3Upload:
 
     def _complete_multipart(self) -> None:
         s = self.store
-        if self.part is not None and (self.part.size or not self.parts):
+        if self.part is not None and (self.part.size or not (self.parts or self.inflight)):
             self._send_part()
+        self._wait_part()
         claim = self._claim()
         try:
             if s._token_of(self.key) is not None:
@@ -332,6 +361,10 @@ class S3Upload:
 
     # ---------------------------------------------------------------- abort
     def abort(self) -> None:
+        try:
+            self._wait_part()
+        except StoreError:
+            pass
         if self.part is not None:
             self.part.close()
             self.part = None
