@@ -227,6 +227,13 @@ def test_cluster_archives_to_local_and_s3_and_recovers_from_s3_alone(pg, rgw, bu
     target = mark(cluster)
     cluster.execute("INSERT INTO t SELECT generate_series(1001, 1500)")
     cluster.wait_archived(cluster.switch_wal())
+    r = run_wk("--config", cfg, "dump", "--json", env=env, secrets=env.values())
+    assert r.returncode == 0, r.stderr
+    r = run_wk("--config", cfg, "check", env=env, secrets=env.values(), timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run_wk("--config", cfg, "status", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert [s["name"] for s in json.loads(r.stdout)["stores"]] == ["local", "objects"]
     cluster.stop()
     keys = rgw.keys(bucket)
     assert any(k.startswith("archive/s3c/backups/") and k.endswith("backup.json") for k in keys)
@@ -238,6 +245,9 @@ def test_cluster_archives_to_local_and_s3_and_recovers_from_s3_alone(pg, rgw, bu
     r = run_wk("--config", only_s3, "verify-chain", "--json", env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads(r.stdout)["ok"]
+    listed = json.loads(run_wk("--config", only_s3, "list", "--json", env=env).stdout)
+    assert len(listed["backups"]) == 1 and listed["backups"][0]["stored_bytes"]["objects"] > 0
+    assert len(listed["dumps"]) == 1
     dest = tmp_path / "restored"
     r = run_wk("--config", only_s3, "recover", "--pgdata", dest, "--target-time", target,
                "--target-action", "promote", env=env, secrets=env.values())
