@@ -57,7 +57,7 @@ class RgwServer:
         p = subprocess.run([str(HERE / "rgw-up.sh"), str(self.dir)], capture_output=True,
                            text=True, timeout=timeout, stdin=subprocess.DEVNULL,
                            env={**os.environ, "RGW_WATCH_PID": str(os.getpid()),
-                                "RGW_MEMSTORE_BYTES": str(3 << 30),
+                                "RGW_MEMSTORE_BYTES": str(3 << 30), "RGW_TLS": "1",
                                 "RGW_EXTRA_CONF": "rgw gc obj min wait = 5"})
         if p.returncode:
             raise RgwHarnessError(f"rgw-up.sh failed ({p.returncode}): {p.stderr[-3000:]}")
@@ -107,6 +107,15 @@ class RgwServer:
     @property
     def endpoint(self) -> str:
         return self.env["S3_ENDPOINT"]
+
+    @property
+    def tls_endpoint(self) -> str:
+        """The same radosgw over HTTPS, with a certificate from a throwaway CA (ca_file)."""
+        return self.env["S3_TLS_ENDPOINT"]
+
+    @property
+    def ca_file(self) -> str:
+        return self.env["S3_CA_FILE"]
 
     @property
     def access_key(self) -> str:

@@ -458,3 +458,16 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     assert rgw.keys(bucket)["c/backups/X/base.tar.zst"] == 320 << 20
     assert peak_kib < 150_000, f"peak RSS {peak_kib} KiB"
     rgw.client().delete_object(Bucket=bucket, Key="c/backups/X/base.tar.zst")
+
+
+@pytest.mark.slow
+def test_tls_with_the_ca_file_without_it_and_unverified(rgw, bucket):
+    good = open_store(s3_cfg(rgw, bucket, endpoint=rgw.tls_endpoint, ca_file=rgw.ca_file,
+                             storage_class="STANDARD"))
+    good.put_bytes("c/identity.json", b"{}")
+    assert read_all(good.open("c/identity.json")) == b"{}"
+    with pytest.raises(StoreError) as info:
+        open_store(s3_cfg(rgw, bucket, endpoint=rgw.tls_endpoint)).open("c/identity.json")
+    assert "ca_file" in str(info.value) and "TLS" in str(info.value), info.value
+    loose = open_store(s3_cfg(rgw, bucket, endpoint=rgw.tls_endpoint, verify_tls=False))
+    assert read_all(loose.open("c/identity.json")) == b"{}"

@@ -46,7 +46,7 @@ from walkeeper import log
 from walkeeper.errors import ConfigError, ObjectExists, ObjectNotFound, StoreError
 from walkeeper.format.layout import check_key, is_temp
 from walkeeper.stores.base import Entry
-from walkeeper.stores.registry import StoreConfig
+from walkeeper.stores.registry import StoreConfig, location
 
 MiB = 1 << 20
 SINGLE_MAX = 20 * MiB            # one PUT up to this size: a 16 MiB WAL segment, even stored raw
@@ -93,6 +93,15 @@ def _connection_reason(exc) -> str:
     if "ConnectionClosed" in name:
         return "the connection was closed by the server"
     return name
+
+
+def _tls_reason(exc) -> str:
+    text = str(exc)
+    for known in ("certificate verify failed", "self-signed certificate", "hostname mismatch",
+                  "unable to get local issuer certificate", "wrong version number"):
+        if known in text:
+            return known
+    return type(exc).__name__
 
 
 def _md5(data) -> str:
@@ -418,9 +427,7 @@ class S3Store:
         self.bucket = cfg.bucket
         p = cfg.prefix.strip("/")
         self.prefix = p + "/" if p else ""
-        from walkeeper.stores.s3 import _location
-
-        self.location = _location(cfg)
+        self.location = location(cfg)
         self._keys = None
         if cfg.access_key_env:
             ak, sk = os.environ.get(cfg.access_key_env), os.environ.get(cfg.secret_key_env)
@@ -447,6 +454,10 @@ class S3Store:
                     request_checksum_calculation="when_required",
                     response_checksum_validation="when_required",
                     max_pool_connections=16, tcp_keepalive=True)
+                if not cfg.verify_tls:      # chosen in the config: no warning per request
+                    import urllib3
+
+                    urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
                 kw = {}
                 if self._keys:
                     kw = {"aws_access_key_id": self._keys[0], "aws_secret_access_key": self._keys[1]}
@@ -526,6 +537,11 @@ class S3Store:
                                   f"secret_key_env, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
                                   f"or an AWS profile") from None
             except (BotoConnectionError, HTTPClientError) as exc:
+                if "SSL" in type(exc).__name__ or "CERTIFICATE" in str(exc):
+                    raise StoreError(self.name, f"TLS with {self._where()} failed "
+                                     f"({_tls_reason(exc)}): set ca_file to the CA bundle "
+                                     f"that signed its certificate (or verify_tls = false "
+                                     f"on a trusted network)") from None
                 reason = _connection_reason(exc)
             except BotoCoreError as exc:
                 raise StoreError(self.name, f"cannot {what} s3://{self.bucket}/{key}: "
