@@ -3,7 +3,11 @@
 # PostgreSQL refuses to run as root.
 
 # chromium: tests/test_status.py renders the status --html page headless.
-APT_PACKAGES=(postgresql-15 postgresql-client-15 openssh-server openssh-sftp-server python3-venv zstd chromium)
+# ceph-mon ceph-osd radosgw (ceph-common comes along): the throwaway S3 server of
+# tests/rgwharness.py (Ceph RGW 16 on memstore, unprivileged; no service is started);
+# openssl makes its TLS certificates.
+APT_PACKAGES=(postgresql-15 postgresql-client-15 openssh-server openssh-sftp-server python3-venv zstd chromium
+              ceph-mon ceph-osd radosgw openssl)
 PY=/usr/bin/python3
 
 # shell_words ARGS...: the words as one line a shell reads back as the same words

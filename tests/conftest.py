@@ -7,6 +7,8 @@ sshd      function  a started SshServer (tests/sshharness.py), stopped after the
 wk        function  wk(*args, env=None, cwd=None, input=None, timeout=60) -> CompletedProcess
                     running the installed `walkeeper` console script
 tmp_short function  a short directory under /tmp (for unix sockets), removed after
+rgw       session   a started RgwServer (tests/rgwharness.py): Ceph RGW on loopback;
+                    skipped where radosgw is missing, unless $CI is set (then it fails)
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 import pytest
 
 from pgharness import PG_BIN, ClusterFactory
+from rgwharness import RgwServer
+from rgwharness import available as rgw_available
 from sshharness import SSHD, SshServer
 from storeroot import root as store_root
 
@@ -31,13 +35,15 @@ _SCRUB_PREFIXES = ("BACKUP_", "PG")
 _SCRUB_NAMES = {
     "WALKEEPER_CONFIG", "WALKEEPER_CLUSTER", "WALKEEPER_PGDATA",
     "WALKEEPER_PASSPHRASE", "WALKEEPER_SFTP_PASSWORD",
+    "WALKEEPER_S3_ACCESS_KEY", "WALKEEPER_S3_SECRET_KEY",
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
 }
 
 
 # A test that uses one of these (directly or through another fixture) starts a real
 # service: it is marked slow here, so that `-m "not slow"` is the fast suite and no
 # test file has to remember the marker.
-SERVICE_FIXTURES = {"pg", "cluster", "sshd"}
+SERVICE_FIXTURES = {"pg", "cluster", "sshd", "rgw"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -82,6 +88,22 @@ def sshd(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def rgw(tmp_path_factory):
+    if not rgw_available():
+        msg = "radosgw, ceph-mon or ceph-osd is missing (bin/test installs them as root)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    # a short directory: Ceph's admin sockets need paths under ~100 bytes
+    d = Path(tempfile.mkdtemp(prefix="wkrgw", dir="/tmp"))
+    server = RgwServer(d / "rgw")
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import clean_env
 from test_prefetch import archive, entries, recovery_dir, wait_cleaned, wait_for  # noqa: F401
 from test_readahead import make_ready, names, pg_wal, pusher_gone, records  # noqa: F401
@@ -20,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Each costs a fast path 0.3-25 ms of start-up, for nothing it needs.
 HEAVY = {"collections", "re", "tomllib", "enum", "json", "typing", "dataclasses", "inspect",
          "threading", "concurrent", "pathlib", "datetime", "hashlib", "zstandard",
-         "cryptography", "paramiko", "psycopg", "click"}
+         "cryptography", "paramiko", "psycopg", "click", "botocore", "boto3", "urllib3"}
 
 
 def imports_of(*args: str, env: dict) -> set[str]:
@@ -58,3 +60,37 @@ def test_a_push_read_ahead_already_did_imports_only_what_it_uses(wk, tmp_path, p
     mods = imports_of("push", str(pg_wal / segs[1]), segs[1], env=env)
     assert segs[1] not in records(tmp_path)      # the record was used
     assert not mods & HEAVY, sorted(mods & HEAVY)
+
+
+@pytest.mark.slow
+def test_s3_fast_paths_never_import_the_s3_client(wk, tmp_path, pg_wal, rgw):
+    """With an S3 store (botocore costs a process 0.2-0.35 s), the background pusher
+    and the prefetcher hold the client for a burst; the served calls never load it."""
+    bucket = rgw.new_bucket()
+    creds = rgw.credentials_env()
+    cfg = tmp_path / "walkeeper.toml"
+    cfg.write_text(f'cluster = "pf"\nstate_dir = "{tmp_path / "state"}"\n'
+                   + rgw.store_toml(bucket))
+    segs = names("000000010000000000000010", 4)
+    make_ready(pg_wal, segs)
+    r = wk("--config", cfg, "push", pg_wal / segs[0], segs[0], env=creds)
+    assert r.returncode == 0, r.stderr
+    pusher_gone(tmp_path, "pf")
+    assert segs[1] in records(tmp_path, "pf")
+    mods = imports_of("--config", str(cfg), "push", str(pg_wal / segs[1]), segs[1], env=creds)
+    assert segs[1] not in records(tmp_path, "pf")
+    assert not mods & HEAVY, sorted(mods & HEAVY)
+    for n in segs[2:]:
+        assert wk("--config", cfg, "push", pg_wal / n, n, env=creds).returncode == 0
+    pusher_gone(tmp_path, "pf")
+
+    dest = recovery_dir(tmp_path) / "RECOVERYXLOG"
+    r = wk("--config", cfg, "fetch", segs[0], dest, env=creds)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: segs[1] in [e[:24] for e in entries(tmp_path)], what="the spool")
+    mods = imports_of("-v", "--config", str(cfg), "fetch", segs[1], str(dest),
+                      env={**creds, "XDG_STATE_HOME": tmp_path / "xdg"})
+    assert dest.read_bytes() == (pg_wal / segs[1]).read_bytes()
+    assert not mods & HEAVY, sorted(mods & HEAVY)
+    wait_cleaned(tmp_path)
+    rgw.empty_bucket(bucket)

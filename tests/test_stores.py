@@ -1,10 +1,8 @@
-"""The store contract (walkeeper/stores/base.py), one suite for every backend.
-
-Each contract test runs against a LocalStore on a temporary directory and an
-SftpStore talking to a real OpenSSH sshd on loopback (tests/sshharness.py).
-Both keep their data on this machine, so modes and leftovers are checked on
-disk. The SFTP-only tests at the end cover host keys, key files, passwords and
-dropped or frozen connections.
+"""Filesystem extras of the store contract, for the stores that keep files on a disk
+(local, and SFTP to a real OpenSSH sshd on loopback, tests/sshharness.py): what is on
+the disk (modes 0600/0700, `.tmp-` names of uploads in progress, no leftovers). The API
+contract every store type passes is tests/test_store_contract.py. The SFTP-only tests
+at the end cover host keys, key files, passwords and dropped or frozen connections.
 
 Run as a non-root user (bin/test): root ignores file modes.
 """
@@ -14,7 +12,6 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,41 +20,11 @@ import pytest
 from walkeeper.config import StoreConfig
 from walkeeper.errors import ConfigError, ObjectExists, ObjectNotFound, StoreError
 from walkeeper.stores import open_store
-from walkeeper.stores.base import Entry
 
-MiB = 1 << 20
-CLUSTER = "ecar"
-DIR = f"{CLUSTER}/wal/0000000100000000"
-KEY = f"{DIR}/000000010000000000000001.zst"
-KEY2 = f"{DIR}/000000010000000000000002.zst"
-HISTORY_KEY = f"{CLUSTER}/wal/00000002.history.zst"
-UNSAFE_KEYS = ["../x", "a/../../x", "/abs", "a//b", "", "..", ".", "a/./b", "a/", "a/..",
-               "../../../../etc/passwd", "a\\..\\b", "a\nb"]
+from storecontract import (CLUSTER, DIR, HISTORY_KEY, KEY, KEY2, MiB, UNSAFE_KEYS,  # noqa: F401
+                           payload, read_all, run_bounded)
 
 pytestmark = pytest.mark.slow
-
-
-def payload(n: int, seed: int = 0) -> bytes:
-    import hashlib
-    out = bytearray()
-    i = 0
-    while len(out) < n:
-        out += hashlib.sha256(b"%d:%d" % (seed, i)).digest()
-        i += 1
-    return bytes(out[:n])
-
-
-def read_all(reader, n: int = 65536) -> bytes:
-    out = bytearray()
-    try:
-        while True:
-            b = reader.read(n)
-            assert len(b) <= n
-            if not b:
-                return bytes(out)
-            out += b
-    finally:
-        reader.close()
 
 
 def disk_tree(root: Path) -> list[str]:
@@ -69,25 +36,6 @@ def disk_tree(root: Path) -> list[str]:
 
 def temp_leftovers(root: Path) -> list[str]:
     return [p for p in disk_tree(root) if Path(p).name.startswith(".tmp-")]
-
-
-def run_bounded(fn, seconds: float):
-    """Run fn in a thread; return its result or the exception it raised.
-    Returns the string "HUNG" if it has not finished after `seconds`."""
-    box: dict = {}
-
-    def target():
-        try:
-            box["result"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
-            box["result"] = exc
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join(seconds)
-    if t.is_alive():
-        return "HUNG"
-    return box["result"]
 
 
 def sshd_connections(sshd) -> int:
@@ -162,47 +110,6 @@ def test_put_and_read_back(backend, size):
     assert temp_leftovers(backend.root) == []
 
 
-def test_read_tail(backend):
-    store = backend.store
-    data = payload(200_000, seed=1)
-    store.put_bytes(KEY, data)
-    assert store.read_tail(KEY, 64) == data[-64:]
-    assert store.read_tail(KEY, 1) == data[-1:]
-    assert store.read_tail(KEY, len(data)) == data
-    assert store.read_tail(KEY, len(data) + 1000) == data
-    store.put_bytes(KEY2, b"short")
-    assert store.read_tail(KEY2, 64) == b"short"
-
-
-def test_exists(backend):
-    store = backend.store
-    assert not store.exists(KEY)
-    assert not store.exists("never/there/at/all.zst")
-    store.put_bytes(KEY, b"x")
-    assert store.exists(KEY)
-    assert not store.exists(KEY2)
-
-
-def test_list(backend):
-    store = backend.store
-    assert store.list(CLUSTER) == []
-    assert store.list(f"{CLUSTER}/wal/missing") == []
-    store.put_bytes(KEY, b"a" * 10)
-    store.put_bytes(KEY2, b"b" * 2000)
-    store.put_bytes(HISTORY_KEY, b"h" * 33)
-    entries = {e.name: e for e in store.list(DIR)}
-    assert set(entries) == {"000000010000000000000001.zst", "000000010000000000000002.zst"}
-    assert entries["000000010000000000000001.zst"] == Entry("000000010000000000000001.zst", 10, False)
-    assert entries["000000010000000000000002.zst"] == Entry("000000010000000000000002.zst", 2000, False)
-    top = {e.name: e for e in store.list(f"{CLUSTER}/wal")}
-    assert set(top) == {"0000000100000000", "00000002.history.zst"}
-    assert top["0000000100000000"].is_dir
-    assert not top["00000002.history.zst"].is_dir
-    assert top["00000002.history.zst"].size == 33
-    assert [e.name for e in store.list(CLUSTER)] == ["wal"]
-    assert all(isinstance(e, Entry) for e in store.list(DIR))
-
-
 def test_list_shows_upload_in_progress_as_temporary(backend):
     store = backend.store
     up = store.begin_put(KEY)
@@ -213,28 +120,6 @@ def test_list_shows_upload_in_progress_as_temporary(backend):
     assert not store.exists(KEY)
     up.commit()
     assert [e.name for e in store.list(DIR)] == ["000000010000000000000001.zst"]
-
-
-def test_delete_is_idempotent(backend):
-    store = backend.store
-    store.put_bytes(KEY, b"x")
-    store.delete(KEY)
-    assert not store.exists(KEY)
-    assert not (backend.root / KEY).exists()
-    store.delete(KEY)                       # again: no error
-    store.delete("no/such/dir/object.zst")  # never existed: no error
-    with pytest.raises(ObjectNotFound):
-        store.open(KEY)
-    store.put_bytes(KEY, b"again")          # the name is free again
-    assert read_all(store.open(KEY)) == b"again"
-
-
-def test_put_bytes(backend):
-    store = backend.store
-    store.put_bytes(HISTORY_KEY, b"1\t0/3000000\tno recovery target specified\n")
-    assert read_all(store.open(HISTORY_KEY)) == b"1\t0/3000000\tno recovery target specified\n"
-    store.put_bytes(f"{CLUSTER}/identity.json", b"{}")
-    assert read_all(store.open(f"{CLUSTER}/identity.json")) == b"{}"
 
 
 def test_no_clobber(backend):
@@ -324,18 +209,6 @@ def test_modes_on_disk(backend, not_root):
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f"{f}: {stat.S_IMODE(f.stat().st_mode):o}"
     up.commit()
     assert stat.S_IMODE((backend.root / KEY2).stat().st_mode) == 0o600
-
-
-def test_missing_objects(backend):
-    store = backend.store
-    for key in (KEY, "nothing/here.zst"):
-        with pytest.raises(ObjectNotFound):
-            store.open(key)
-        with pytest.raises(ObjectNotFound):
-            store.read_tail(key, 64)
-    store.put_bytes(KEY2, b"x")
-    with pytest.raises(ObjectNotFound):
-        store.open(KEY)
 
 
 def test_unwritable_store_is_a_store_error(backend, not_root):

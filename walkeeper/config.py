@@ -195,6 +195,22 @@ def _env_stores(env: dict[str, str]) -> list[StoreConfig]:
             key_file=env.get("BACKUP_SFTP_KEY_FILE", ""),
             directory=env.get("BACKUP_SFTP_DIRECTORY", "/backups"),
             known_hosts=env.get("BACKUP_SFTP_KNOWN_HOSTS", "~/.ssh/known_hosts")))
+    if env.get("BACKUP_S3_BUCKET"):
+        keys = bool(env.get("BACKUP_S3_ACCESS_KEY") or env.get("BACKUP_S3_SECRET_KEY"))
+        values = dict(
+            bucket=env["BACKUP_S3_BUCKET"], endpoint=env.get("BACKUP_S3_ENDPOINT", ""),
+            region=env.get("BACKUP_S3_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+            prefix=env.get("BACKUP_S3_PREFIX", ""),
+            access_key_env="BACKUP_S3_ACCESS_KEY" if keys else "",
+            secret_key_env="BACKUP_S3_SECRET_KEY" if keys else "",
+            ca_file=env.get("BACKUP_S3_CA_FILE", ""))
+        t = store_type("s3")
+        rows = {r.key.split(".", 1)[1]: r for r in t.settings}
+        if env.get("BACKUP_S3_ADDRESSING"):
+            values["addressing"] = _coerce(rows["addressing"], env["BACKUP_S3_ADDRESSING"],
+                                           "environment BACKUP_S3_ADDRESSING")
+        t.validate(values, "environment BACKUP_S3_*")
+        stores.append(StoreConfig("s3", "s3", **values))
     return stores
 
 
@@ -339,6 +355,11 @@ def reference_markdown() -> str:
               "`BACKUP_SFTP_PORT` (22), `BACKUP_SFTP_USER`, `BACKUP_SFTP_PASSWORD`, "
               "`BACKUP_SFTP_DIRECTORY` (`/backups`), `BACKUP_SFTP_KEY_FILE`, "
               "`BACKUP_SFTP_KNOWN_HOSTS` (`~/.ssh/known_hosts`).",
+              "- `BACKUP_S3_BUCKET`: an S3 store named `s3` in that bucket, with `BACKUP_S3_ENDPOINT` "
+              "(empty: AWS), `BACKUP_S3_REGION` (else `AWS_DEFAULT_REGION`, else `us-east-1`), "
+              "`BACKUP_S3_PREFIX`, `BACKUP_S3_ADDRESSING` (`path`), `BACKUP_S3_CA_FILE`, and the "
+              "keys in `BACKUP_S3_ACCESS_KEY`/`BACKUP_S3_SECRET_KEY` (both unset: the standard "
+              "AWS chain, `AWS_ACCESS_KEY_ID`, `~/.aws`, an instance role).",
               "- `WALKEEPER_CONFIG`: the config file (else `/etc/walkeeper/walkeeper.toml` if it "
               "exists).", ""]
     return "\n".join(lines)

@@ -64,7 +64,9 @@ def expire(config: Config, dry_run: bool = False, now: datetime | None = None) -
 
     Returns {"dry_run", "kept": [{"id", "reasons"}], "deleted_backups": [ids],
     "deleted_wal": count, "deleted_dumps": [ids], "kept_dumps": [{"id", "reasons"}],
-    "deleted_incomplete": [ids], "wal_cut": {timeline: first segment kept}}.
+    "deleted_incomplete": [ids], "wal_cut": {timeline: first segment kept},
+    "aborted_uploads": {store: [keys]}} (uploads that never completed, started over a
+    day ago: S3 multipart uploads and claims; see Store.abort_stale_uploads).
     Raises OperationFailed when a store cannot be read (nothing is deleted then) or
     a deletion fails (what is listed was planned; rerun expire to finish).
     """
@@ -95,9 +97,22 @@ def expire(config: Config, dry_run: bool = False, now: datetime | None = None) -
                                   for t in _orphans(union, kept)],
             "wal_cut": {str(t): name for t, name in cut_segments(union, kept).items()},
         }
+        result["aborted_uploads"] = {}
         if not dry_run:
             _delete(views, cluster, sel.delete, dump_sel.delete, stale, kept,
                     set(_orphans(union, kept)))
+        before = (now - STALE_AFTER).timestamp()
+        for v in views:
+            if v.error is None:
+                try:
+                    gone = v.store.abort_stale_uploads(cluster, before, dry_run)
+                except StoreError as exc:
+                    v.error = str(exc)
+                    log.warn(f"expire: {exc}")
+                    continue
+                if gone:
+                    result["aborted_uploads"][v.store.name] = gone
+        if not dry_run:
             errors = [f"store {v.store.name!r}: {v.error}" for v in views if v.error]
             if errors:
                 raise OperationFailed(

@@ -290,6 +290,8 @@ def expire(result: dict, dry_run: bool = False) -> str:
     cut = ", ".join(f"{s} on timeline {t}" for t, s in result["wal_cut"].items())
     lines.append(f"  WAL: {verb} {plural(result['deleted_wal'], 'file')}"
                  + (f", everything below {cut}" if cut else ""))
+    lines += [f"  {verb}  unfinished upload {k} in {s}"
+              for s, keys in result.get("aborted_uploads", {}).items() for k in keys]
     return "\n".join(lines) + "\n"
 
 

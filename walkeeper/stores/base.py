@@ -1,4 +1,4 @@
-"""The store interface every backend honours (local disk, SFTP).
+"""The store interface every backend honours (local disk, SFTP, S3).
 
 Keys are relative POSIX paths checked by layout.check_key. A put is a streamed
 Upload: write() chunks, then commit() makes it durable and places it under its
@@ -70,7 +70,17 @@ class Store:
     def list(self, prefix: str) -> list[Entry]:
         """Entries directly under the directory `prefix` ([] when it is absent)."""
 
-    def delete(self, key: str) -> None: ...
+    def delete(self, key: str) -> None:
+        """Remove the object; an absent one is no error."""
+
+    def free_bytes(self) -> int | None:
+        """Bytes the store can still take, None when it cannot tell (a bucket)."""
+
+    def abort_stale_uploads(self, prefix: str, before: float, dry_run: bool = False) -> list[str]:
+        """Remove (dry_run: only name) uploads under `prefix` that never completed and were started before
+        `before` (a Unix time) where the store keeps them apart from its objects (S3
+        multipart uploads); return their keys. A store whose leftovers are `.tmp-`
+        objects in its listing (local, SFTP) returns []: verify-chain reports those."""
 
     def remove_dir(self, prefix: str) -> None:
         """Optional (stores with directories): remove `prefix` if it is empty."""

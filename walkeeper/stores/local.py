@@ -195,7 +195,14 @@ class LocalStore:
             raise self._error("cannot read", path, exc) from None
 
     def exists(self, key: str) -> bool:
-        return os.path.exists(self._path(key))
+        path = self._path(key)
+        try:
+            os.stat(path)
+            return True
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as exc:      # unreadable: not an answer that the object is absent
+            raise self._error("cannot look at", path, exc) from None
 
     def list(self, prefix: str) -> list[Entry]:
         path = self._path(prefix)
@@ -238,6 +245,9 @@ class LocalStore:
                 d = parent       # not created yet: the file system it will be on
             except OSError:
                 return None
+
+    def abort_stale_uploads(self, prefix: str, before: float, dry_run: bool = False) -> list[str]:
+        return []       # leftovers are .tmp- files, which verify-chain reports
 
     def close(self) -> None:
         pass

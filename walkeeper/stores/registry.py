@@ -33,7 +33,7 @@ StoreType = record("StoreType", "name factory settings required env location sha
                    defaults=((), (), None, None, True, None, None))
 
 _TYPES: dict = {}
-BUILTIN = ("local", "sftp")    # each a module walkeeper/stores/<name>.py
+BUILTIN = ("local", "sftp", "s3")    # each a module walkeeper/stores/<name>.py
 
 
 def register(store_type) -> None:
