@@ -5,7 +5,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from walkeeper.errors import OperationFailed
+from walkeeper.errors import OperationFailed, UnknownName
 from walkeeper.catalog.model import ArchiveModel, BackupFile, BackupInfo, WalObject
 from walkeeper.catalog.planner import PlanRefused, RecoveryPlan, Target, plan, recoverable_windows
 from walkeeper.wal import HistoryEntry, Segment, format_lsn
@@ -130,7 +130,7 @@ def test_backup_bytes_fall_back_to_the_stored_size():
 def test_backup_id_restricts_the_choice():
     a = linear()
     assert plan(a, Target("latest"), backup_id="A").backup.id == "A"
-    with pytest.raises(PlanRefused, match="no complete backup has id 'C'"):
+    with pytest.raises(UnknownName, match="no complete backup with id 'C'"):
         plan(a, Target("latest"), backup_id="C")
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from walkeeper import log
 from walkeeper.config import Config
 from walkeeper.errors import (CorruptObject, MisplacedObject, ObjectNotFound, OperationFailed,
-                              StoreError, UnknownName, UsageError)
+                              StoreError, UsageError)
 from walkeeper.format.objects import CHUNK, ThreadedObjectReader
 from walkeeper.stores import open_stores
 
@@ -425,11 +425,7 @@ def recover(config: Config, pgdata: str, target, options: RecoveryOptions,
     pgdata = os.path.abspath(pgdata)
     check_target_dir(pgdata)
     archive, read, failed = catalog.read_stores(config, "recovery planning")
-    if backup_id is not None:
-        archive.backups = [b for b in archive.backups if b.id == backup_id]
-        if not archive.backups:
-            raise UnknownName(f"no complete backup with id {backup_id!r}; see `walkeeper list`")
-    plan = planner.plan(archive, target, options.target_timeline)
+    plan = planner.plan(archive, target, options.target_timeline, backup_id)
     for note in plan.notes:
         log.warn(f"recover: {note}")
     only = read if failed else None

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 
-from walkeeper.errors import OperationFailed
+from walkeeper.errors import OperationFailed, UnknownName
 from walkeeper.catalog.model import ArchiveModel, BackupInfo, WalObject
 from walkeeper.times import stored
 from walkeeper.wal import (
@@ -457,7 +457,8 @@ def plan(archive: ArchiveModel, target: Target, target_timeline: str | int = "la
     if backup_id is not None:
         backups = [b for b in backups if b.id == backup_id]
         if not backups:
-            raise refuse(f"no complete backup has id {backup_id!r}", [])
+            # A typo, not a refusal: exit 2, like every id that names nothing.
+            raise UnknownName(f"no complete backup with id {backup_id!r}; see `walkeeper list`")
     notes = [f"{_describe(b)} is ignored: {_unusable(archive, b)}"
              for b in backups if _unusable(archive, b)]
     backups = [b for b in backups if not _unusable(archive, b)]
