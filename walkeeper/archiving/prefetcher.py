@@ -240,20 +240,12 @@ class Prefetcher:
         import threading
 
         from walkeeper.format.layout import wal_keys
-        from walkeeper.stores import open_store
+        from walkeeper.stores.pool import StorePool
         from walkeeper.wal import parse_wal_name
 
         local = threading.local()
-        opened: list = []
-        lock = threading.Lock()
-
-        def stores() -> list:
-            s = getattr(local, "stores", None)
-            if s is None:
-                s = local.stores = [open_store(c, self.config.keyring) for c in self.config.stores]
-                with lock:
-                    opened.append(s)
-            return s
+        pool = StorePool(self.config.stores, self.config.keyring)
+        stores = pool.all
 
         identities: dict = {}
 
@@ -341,9 +333,7 @@ class Prefetcher:
                     fut.cancel()
         self._clean(None, set(), everything=True)
         _unlink(os.path.join(self.dir, WANTED))
-        for s in opened:
-            for store in s:
-                store.close()
+        pool.close()
 
     def _fetch_key(self, store, key: str, name: str, tmp: str, buffer: bytearray,
                    identity=None) -> bool:

@@ -83,10 +83,9 @@ class Pusher:
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
         from walkeeper.archiving import wal_store
-        from walkeeper.stores import open_stores
+        from walkeeper.stores.pool import StorePool
 
-        local = threading.local()
-        opened: list[list] = []
+        pool = StorePool(self.config.stores, self.config.keyring)
         lock = threading.Lock()
         seal: list = []
 
@@ -97,16 +96,7 @@ class Pusher:
                     seal.append(wal_store.seal_for(self.config, stores))
             return seal[0]
 
-        def stores_of_this_thread() -> list:
-            # A store connection (SFTP) is not shared between threads.
-            stores = getattr(local, "stores", None)
-            if stores is None:
-                stores = local.stores = open_stores(self.config)
-                with lock:
-                    opened.append(stores)
-            return stores
-
-        self.stores_of_this_thread = stores_of_this_thread
+        self.stores_of_this_thread = pool.all
         self.seal_of = seal_of
         self.state_lock = lock
         self.fatal = False
@@ -152,12 +142,7 @@ class Pusher:
                     for fut in inflight.values():
                         fut.cancel()
         finally:
-            for stores in opened:
-                for s in stores:
-                    try:
-                        s.close()
-                    except Exception:
-                        pass
+            pool.close()
 
     def _one(self, name: str) -> str:
         """Store one segment under its claim: 'ok', 'skipped', 'failed' or 'fatal'."""

@@ -21,7 +21,6 @@ memory stays bounded whatever the archive's size.
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 
@@ -38,7 +37,7 @@ from walkeeper.format.objects import CHUNK, FORMAT_VERSION, HEADER_SIZE, TRAILER
 from walkeeper.progress import Progress
 from walkeeper.record import record
 from walkeeper.stores import open_store
-from walkeeper.stores.registry import store_type
+from walkeeper.stores.pool import StorePool
 from walkeeper.wal import LONG_PAGE_HEADER_SIZE, Segment, WalKind, WalName, parse_wal_name
 
 KINDS = ("no_archive", "corrupt", "misplaced", "missing", "gap", "incomplete_backup",
@@ -91,7 +90,7 @@ def verify_chain(config: Config, only: str | None = None, quick: bool = False,
     stores = [open_store(c, config.keyring) for c in cfgs]
     try:
         scans = _scan(config, stores, report)
-        pool = _StorePool(cfgs, stores, config.keyring)
+        pool = StorePool(cfgs, config.keyring, stores)
         try:
             bad = _check_objects(scans, pool, quick, progress, report)
         finally:
@@ -234,36 +233,7 @@ def _leftovers(stores: list, scans: list[_Scan], report: Report) -> None:
 
 # ---------------------------------------------------------------- reading back
 
-class _StorePool:
-    """One store object per worker thread: an SFTP connection serves one reader
-    at a time. Local stores are shared (they hold no connection)."""
-
-    def __init__(self, cfgs: list, stores: list, keyring=None):
-        self.cfgs = cfgs
-        self.keyring = keyring
-        self.stores = stores
-        self.local = threading.local()
-        self.opened: list = []
-        self.lock = threading.Lock()
-
-    def get(self, index: int):
-        if store_type(self.cfgs[index].type).shared:
-            return self.stores[index]
-        mine = getattr(self.local, "stores", None)
-        if mine is None:
-            mine = self.local.stores = {}
-        if index not in mine:
-            mine[index] = open_store(self.cfgs[index], self.keyring)
-            with self.lock:
-                self.opened.append(mine[index])
-        return mine[index]
-
-    def close(self) -> None:
-        for s in self.opened:
-            s.close()
-
-
-def _check_objects(scans: list[_Scan], pool: _StorePool, quick: bool, show: bool,
+def _check_objects(scans: list[_Scan], pool: StorePool, quick: bool, show: bool,
                    report: Report) -> set[tuple[int, str]]:
     """Read every listed object back; return the (store index, key) of those that failed."""
     items = [it for s in scans for it in s.items]
@@ -311,7 +281,7 @@ class _Context:
         self.checksums = {f.sha256: (b.id, f.name) for b in model.backups for f in b.files}
 
 
-def _guarded(check, pool: _StorePool, it: _Item, ctx: _Context, progress: Progress):
+def _guarded(check, pool: StorePool, it: _Item, ctx: _Context, progress: Progress):
     try:
         return it, None, check(pool.get(it.store), it, ctx, progress)
     except MisplacedObject as exc:
