@@ -25,6 +25,7 @@ from walkeeper.config import StoreConfig
 from walkeeper.output.text import list_ as render_text
 from walkeeper.reports.list import list_data
 from walkeeper.catalog.model import ArchiveModel, BackupInfo, WalObject
+from walkeeper.stores import archive_store
 from walkeeper.stores.local import LocalStore
 from walkeeper.stores.sftp_client import SftpStore
 from walkeeper.wal import HistoryEntry, Segment, parse_lsn
@@ -98,7 +99,7 @@ def finish_archive(root: Path) -> LocalStore:
     os.utime(wal_object(root, seg(1, "06")), (END_TL1, END_TL1))
     os.utime(wal_object(root, seg(2, "08")), (END_TL2, END_TL2))
     (root / CLUSTER / "wal" / "0000000100000000" / f".tmp-abc123-{seg(1, '03')}.zst").write_bytes(b"half")
-    store = LocalStore("local", str(root))
+    store = archive_store(LocalStore("local", str(root)))
     put_backup(store, backup_info("b0", "0/1000028", "0/2000100"))
     put_backup(store, backup_info("b1", "0/4000028", "0/4000100", minutes=60))
     store.put_bytes(f"{CLUSTER}/backups/b2/base.tar.zst", b"partial")
@@ -139,7 +140,7 @@ def local_config(root: Path):
 
 @pytest.mark.slow
 def test_read_archive_builds_the_model(archive):
-    model = read_archive(LocalStore("local", str(archive)), CLUSTER)
+    model = read_archive(archive_store(LocalStore("local", str(archive))), CLUSTER)
     assert model.wal_segment_size == SEG16 and model.system_identifier == SYSID
     assert sorted(model.segments) == [1, 2]
     assert sorted(model.segments[1]) == [int(n, 16) for n in TL1]
@@ -163,13 +164,14 @@ def test_read_archive_builds_the_model(archive):
         p.stat().st_size for p in (archive / CLUSTER / "backups" / "b1").iterdir())}
     assert model.unreadable == {}
     # without history, nothing else changes
-    bare = read_archive(LocalStore("local", str(archive)), CLUSTER, with_history=False)
+    bare = read_archive(archive_store(LocalStore("local", str(archive))), CLUSTER,
+                        with_history=False)
     assert bare.histories == {} and bare.segments == model.segments
 
 
 @pytest.mark.slow
 def test_wal_ranges_and_windows_of_the_archive(archive):
-    model = read_archive(LocalStore("local", str(archive)), CLUSTER)
+    model = read_archive(archive_store(LocalStore("local", str(archive))), CLUSTER)
     assert wal_ranges(model) == [
         {"timeline": 1, "first": seg(1, "01"), "last": seg(1, "09"), "segments": 6,
          "gaps": [[seg(1, "03"), seg(1, "03")], [seg(1, "07"), seg(1, "08")]]},
@@ -251,7 +253,7 @@ def test_list_of_an_empty_store(tmp_path):
 
 @pytest.mark.slow
 def test_damaged_objects_are_named_not_fatal(archive):
-    store = LocalStore("local", str(archive))
+    store = archive_store(LocalStore("local", str(archive)))
     (archive / CLUSTER / "backups" / "b1" / "backup.json").write_text("{not json")
     history = wal_object(archive, "00000002.history")
     data = bytearray(history.read_bytes())
@@ -269,10 +271,10 @@ def test_damaged_objects_are_named_not_fatal(archive):
 # ---------------------------------------------------------------- SFTP and several stores
 
 def sftp_store(sshd, directory: Path, name: str = "offsite") -> SftpStore:
-    return SftpStore(StoreConfig(name=name, type="sftp", host=sshd.host, port=sshd.port,
+    return archive_store(SftpStore(StoreConfig(name=name, type="sftp", host=sshd.host, port=sshd.port,
                                  user=sshd.user, key_file=str(sshd.key_file),
                                  directory=str(directory), known_hosts=str(sshd.known_hosts),
-                                 timeout=10, retries=1))
+                                 timeout=10, retries=1)))
 
 
 def normalized(model: ArchiveModel) -> dict:
@@ -291,7 +293,7 @@ def normalized(model: ArchiveModel) -> dict:
 
 @pytest.mark.slow
 def test_sftp_store_reads_into_an_equal_model(archive, sshd):
-    local = read_archive(LocalStore("local", str(archive)), CLUSTER)
+    local = read_archive(archive_store(LocalStore("local", str(archive))), CLUSTER)
     remote_store = sftp_store(sshd, archive)
     try:
         remote = read_archive(remote_store, CLUSTER)

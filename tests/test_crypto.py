@@ -19,6 +19,7 @@ from walkeeper.format import objects
 from walkeeper.format.crypto import PREAMBLE_SIZE, SEAL_CHUNK, TAG_SIZE, KeyMismatch, Keyring
 from walkeeper.errors import ConfigError, CorruptObject
 from walkeeper.format.objects import CHUNK, HEADER_SIZE, TRAILER_SIZE, Encoder, decode
+from walkeeper.stores import archive_store
 from walkeeper.stores.local import LocalStore
 from storeroot import root as store_root
 
@@ -266,7 +267,7 @@ def test_master_key_cache(tmp_path, monkeypatch):
 
 # ------------------------------------------------- the archive's encryption.json
 def store(tmp_path, name="local") -> LocalStore:
-    return LocalStore(name, str(store_root(tmp_path / name)))
+    return archive_store(LocalStore(name, str(store_root(tmp_path / name))))
 
 
 def test_writer_key_records_and_checks_the_archive_key(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 from walkeeper import config as config_mod
 from walkeeper.backups import dump
 from walkeeper.errors import OperationFailed, UnknownName
+from walkeeper.stores import archive_store
 from walkeeper.stores.local import LocalStore
 from conftest import make_config
 
@@ -47,7 +48,7 @@ def test_dump_and_restore_into_a_new_database(app, tmp_path, algorithm):
     assert doc["stored_bytes"] == {"local": stored.stat().st_size}
     meta = json.loads((stored.parent / "dump.json").read_text())
     assert meta == doc and meta["database"] == "app/data" and "+00:00" in meta["time"]
-    assert dump.list_dumps(LocalStore("local", str(tmp_path / "local")), "test") == [doc]
+    assert dump.list_dumps(archive_store(LocalStore("local", str(tmp_path / "local"))), "test") == [doc]
 
     result = dump.restore_dump(cfg, doc["id"], "copy", clean=False)
     assert result["created"] and result["store"] == "local"

@@ -53,7 +53,6 @@ class Entry:
 class Store:
     name: str
     location: str     # for messages: a path, or user@host:port/dir
-    keyring = None    # the archive's crypto.Keyring, set by stores.open_store
 
     def begin_put(self, key: str) -> Upload: ...
 

@@ -112,8 +112,6 @@ def _entries(it) -> list[Entry]:
 
 
 class LocalStore:
-    keyring = None    # set by stores.open_store
-
     def __init__(self, name: str, path: str):
         self.name = name
         self.root = os.path.abspath(os.path.expanduser(path))

@@ -419,7 +419,6 @@ class _Taken(Exception):
 
 
 class S3Store:
-    keyring = None    # set by stores.open_store
 
     def __init__(self, cfg: StoreConfig):
         self.cfg = cfg

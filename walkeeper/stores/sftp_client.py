@@ -153,7 +153,6 @@ class SftpReader:
 
 
 class SftpStore:
-    keyring = None    # set by stores.open_store
     def __init__(self, cfg: StoreConfig):
         self.cfg = cfg
         self.name = cfg.name
