@@ -84,6 +84,15 @@ def holds_marker(root: Path) -> list[Path]:
     return [p for p in stored_files(root) if MARKER in p.read_bytes()]
 
 
+def body_start(data: bytes) -> int:
+    """Where an encrypted object's sealed chunks begin: after the header, the name
+    frame (format 3) and the preamble."""
+    off = HEADER_SIZE
+    if objects.unpack_header(data[:HEADER_SIZE]).version >= 3:
+        off += 8 + int.from_bytes(data[off + 4:off + 8], "little")
+    return off + PREAMBLE_SIZE
+
+
 def wal_object(root: Path, cluster: str, name: str) -> Path:
     [obj] = (root / cluster / "wal" / name[:16]).glob(name + ".*")
     return obj
@@ -249,7 +258,8 @@ def test_stores_hold_no_plaintext(enc):
                 json.loads(data)
                 continue
             assert objects.unpack_header(data[:HEADER_SIZE]).cipher == objects.CIPHER_AES256GCM, p
-            assert data[HEADER_SIZE:HEADER_SIZE + 4] == b"WKEC", p
+            assert data[HEADER_SIZE + 8:HEADER_SIZE + 12] == b"WKEN", p    # format 3's name
+            assert data[body_start(data) - PREAMBLE_SIZE:][:4] == b"WKEC", p
         # Metadata is sealed too: no LSN, label or database name to read.
         for meta in [*root.rglob("backup.json"), *root.rglob("dump.json")]:
             raw = meta.read_bytes()
@@ -353,10 +363,11 @@ def tampered(tmp_path):
         r = wk("--config", cfg, "push", seg, name)
         assert r.returncode == 0, r.stderr
     full = SEAL_CHUNK + TAG_SIZE
-    start = HEADER_SIZE + PREAMBLE_SIZE
+    start = body_start(wal_object(store, "tamper", SEGS[0]).read_bytes())
 
     def parts(name):
         data = wal_object(store, "tamper", name).read_bytes()
+        start = body_start(data)
         body = data[start:-TRAILER_SIZE]
         return data[:start], [body[i:i + full] for i in range(0, len(body), full)], \
             data[-TRAILER_SIZE:]
