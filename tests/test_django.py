@@ -516,3 +516,17 @@ def test_a_failed_backup_sends_backup_failed(dj, site, pg, tmp_path):
     assert err.value.returncode == 1 and "pg_dump" in str(err.value)
     assert len(got) == 1 and got[0]["exit_code"] == 1 and got[0]["kind"] == "dump"
     assert json.loads((tmp_path / "state" / "failures.jsonl").read_text())["command"] == "dump"
+
+
+@pytest.mark.slow
+def test_create_backup_applies_the_retention_count(djdb, site, tmp_path):
+    policy = {"daily": 0, "weekly": 0, "monthly": 0, "yearly": 0}
+    walkeeper = {**site["WALKEEPER"], "retention": policy}
+    with override_settings(BACKUP_RETENTION_COUNT=2, WALKEEPER=walkeeper):
+        docs = [json.loads(run_command("create_backup", as_json=True)) for _ in range(3)]
+        listed = json.loads(run_command("list_backups", as_json=True))
+    names = [d["backup"]["name"] for d in docs]
+    assert len(set(names)) == 3            # unique even within one second
+    assert docs[2]["retention"]["deleted_dumps"] == [docs[0]["backup"]["id"]]
+    assert [d["id"] for d in listed["dumps"]] == [d["backup"]["id"] for d in docs[1:]]
+    assert [d["name"] for d in listed["dumps"]] == names[1:]
