@@ -530,3 +530,7 @@ def test_create_backup_applies_the_retention_count(djdb, site, tmp_path):
     assert docs[2]["retention"]["deleted_dumps"] == [docs[0]["backup"]["id"]]
     assert [d["id"] for d in listed["dumps"]] == [d["backup"]["id"] for d in docs[1:]]
     assert [d["name"] for d in listed["dumps"]] == names[1:]
+    with override_settings(WALKEEPER=walkeeper):
+        text = run_command("list_backups")
+    words = text.split()
+    assert "NAME" in words and all(n in words for n in names[1:]) and names[0] not in words
