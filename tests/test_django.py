@@ -324,6 +324,18 @@ def test_checks_pass_on_a_good_configuration(dj, tmp_path):
     assert check_ids(BACKUP_DIR=str(tmp_path / "b"), WALKEEPER={"state_dir": str(tmp_path)}) == []
 
 
+def test_settings_take_paths_and_strings(dj, tmp_path):
+    from walkeeper.contrib.django import conf
+
+    with override_settings(BACKUP_DIR=tmp_path / "b", BACKUP_RETENTION_COUNT="4",
+                           WALKEEPER={"state_dir": tmp_path / "s",
+                                      "retention": {"daily": 2}}):
+        cfg = conf.load()
+    assert cfg.stores[0].path == str(tmp_path / "b") and cfg.state_dir == str(tmp_path / "s")
+    assert cfg["retention.full_count"] == 4 and cfg["retention.daily"] == 2
+    assert "dbname=app" in cfg["postgres.conninfo"]
+
+
 def test_check_sftp_enabled_without_host(dj, tmp_path):
     assert check_ids(BACKUP_DIR=str(tmp_path), BACKUP_SFTP_ENABLED=True) == ["walkeeper.E001"]
 
