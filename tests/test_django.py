@@ -196,6 +196,11 @@ def test_create_backup_to_local_and_sftp_and_restore(djdb, site, sshd, tmp_path,
     with override_settings(**sftp, BACKUP_SFTP_ENABLED=True):
         report = json.loads(run_command("verify_backups", as_json=True))
     assert report["ok"], report["problems"]
+    with override_settings(**sftp, BACKUP_SFTP_ENABLED=True):
+        quick = json.loads(run_command("verify_backups", store="sftp", quick=True, as_json=True))
+        with pytest.raises(CommandError) as err:
+            run_command("verify_backups", store="nope")
+    assert quick["ok"] and err.value.returncode == 2
 
     # Restore by the runbook's name from the SFTP copy alone (the local one is gone).
     djdb.execute("SET ROLE app; DELETE FROM items WHERE id > 10; INSERT INTO items "
@@ -456,6 +461,7 @@ def test_dashboard_is_staff_only_and_shows_the_four_items(djdb, site, tmp_path):
         assert needle in html, needle
     assert PASSWORD not in html
 
+    assert staff.post("/backups/").status_code in (403, 405)      # read-only
     data = staff.get("/backups/status.json").json()
     assert data["last_dump"]["database"] == "app"
     assert data["stores"][0]["location"] == local and data["stores"][0]["free_bytes"] > 0
