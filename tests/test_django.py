@@ -195,6 +195,11 @@ def test_create_backup_to_local_and_sftp_and_restore(djdb, site, sshd, tmp_path,
     with override_settings(**sftp, BACKUP_SFTP_ENABLED=True):
         report = json.loads(run_command("verify_backups", as_json=True))
     assert report["ok"], report["problems"]
+    with override_settings(**sftp, BACKUP_SFTP_ENABLED=True):
+        quick = json.loads(run_command("verify_backups", store="sftp", quick=True, as_json=True))
+        with pytest.raises(CommandError) as err:
+            run_command("verify_backups", store="nope")
+    assert quick["ok"] and err.value.returncode == 2
 
     # Restore by the runbook's name from the SFTP copy alone (the local one is gone).
     djdb.execute("SET ROLE app; DELETE FROM items WHERE id > 10; INSERT INTO items "
@@ -323,6 +328,18 @@ def test_checks_pass_on_a_good_configuration(dj, tmp_path):
     assert check_ids(BACKUP_DIR=str(tmp_path / "b"), WALKEEPER={"state_dir": str(tmp_path)}) == []
 
 
+def test_settings_take_paths_and_strings(dj, tmp_path):
+    from walkeeper.contrib.django import conf
+
+    with override_settings(BACKUP_DIR=tmp_path / "b", BACKUP_RETENTION_COUNT="4",
+                           WALKEEPER={"state_dir": tmp_path / "s",
+                                      "retention": {"daily": 2}}):
+        cfg = conf.load()
+    assert cfg.stores[0].path == str(tmp_path / "b") and cfg.state_dir == str(tmp_path / "s")
+    assert cfg["retention.full_count"] == 4 and cfg["retention.daily"] == 2
+    assert "dbname=app" in cfg["postgres.conninfo"]
+
+
 def test_check_sftp_enabled_without_host(dj, tmp_path):
     assert check_ids(BACKUP_DIR=str(tmp_path), BACKUP_SFTP_ENABLED=True) == ["walkeeper.E001"]
 
@@ -443,6 +460,7 @@ def test_dashboard_is_staff_only_and_shows_the_four_items(djdb, site, tmp_path):
         assert needle in html, needle
     assert PASSWORD not in html
 
+    assert staff.post("/backups/").status_code in (403, 405)      # read-only
     data = staff.get("/backups/status.json").json()
     assert data["last_dump"]["database"] == "app"
     assert data["stores"][0]["location"] == local and data["stores"][0]["free_bytes"] > 0
@@ -515,3 +533,21 @@ def test_a_failed_backup_sends_backup_failed(dj, site, pg, tmp_path):
     assert err.value.returncode == 1 and "pg_dump" in str(err.value)
     assert len(got) == 1 and got[0]["exit_code"] == 1 and got[0]["kind"] == "dump"
     assert json.loads((tmp_path / "state" / "failures.jsonl").read_text())["command"] == "dump"
+
+
+@pytest.mark.slow
+def test_create_backup_applies_the_retention_count(djdb, site, tmp_path):
+    policy = {"daily": 0, "weekly": 0, "monthly": 0, "yearly": 0}
+    walkeeper = {**site["WALKEEPER"], "retention": policy}
+    with override_settings(BACKUP_RETENTION_COUNT=2, WALKEEPER=walkeeper):
+        docs = [json.loads(run_command("create_backup", as_json=True)) for _ in range(3)]
+        listed = json.loads(run_command("list_backups", as_json=True))
+    names = [d["backup"]["name"] for d in docs]
+    assert len(set(names)) == 3            # unique even within one second
+    assert docs[2]["retention"]["deleted_dumps"] == [docs[0]["backup"]["id"]]
+    assert [d["id"] for d in listed["dumps"]] == [d["backup"]["id"] for d in docs[1:]]
+    assert [d["name"] for d in listed["dumps"]] == names[1:]
+    with override_settings(WALKEEPER=walkeeper):
+        text = run_command("list_backups")
+    words = text.split()
+    assert "NAME" in words and all(n in words for n in names[1:]) and names[0] not in words

@@ -140,9 +140,10 @@ def list_(data: dict) -> str:
         lines.append("  none")
     lines += ["", f"Dumps ({len(data['dumps'])})"]
     if data["dumps"]:
-        lines += _table(["ID", "DATABASE", "TIME", "STORED"],
+        named = any(d.get("name") for d in data["dumps"])      # Django's create_backup
+        lines += _table(["ID", "DATABASE", "TIME", "STORED"] + (["NAME"] if named else []),
                         [[d["id"], str(d["database"]), when(d["time"]), stored_text(d["stored_bytes"])]
-                         for d in data["dumps"]])
+                         + ([d.get("name") or "-"] if named else []) for d in data["dumps"]])
     else:
         lines.append("  none")
     for name, msg in data.get("store_errors", {}).items():

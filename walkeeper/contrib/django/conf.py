@@ -117,6 +117,15 @@ def conninfo(alias: str = DEFAULT_DB_ALIAS) -> str:
     return pg.make_conninfo(params)
 
 
+def _plain(value):
+    """WALKEEPER with pathlib paths (BASE_DIR / "state") turned into strings."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
 def load(alias: str | None = DEFAULT_DB_ALIAS, sftp: bool = False):
     """The walkeeper Config for this project: the BACKUP_* settings, WALKEEPER or
     WALKEEPER_CONFIG, and DATABASES[alias] as postgres.conninfo (alias None: leave the
@@ -141,7 +150,7 @@ def load(alias: str | None = DEFAULT_DB_ALIAS, sftp: bool = False):
         os.environ["BACKUP_SFTP_PASSWORD"] = str(password)
     try:
         cfg = config_mod.load(os.fspath(path) if path else None, env,
-                              dict(data) if data is not None else None)
+                              _plain(data) if data is not None else None)
     except ConfigError as exc:
         raise ConfigError(exc.message.replace("configuration: ", "WALKEEPER: ", 1),
                           hint=exc.hint) from None

@@ -10,6 +10,7 @@ from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_safe
 
 from walkeeper.contrib.django import conf
 from walkeeper.errors import WalkeeperError
@@ -31,7 +32,7 @@ def staff_only(view):
             raise PermissionDenied
         return view(request, *args, **kwargs)
 
-    return never_cache(wrapper)
+    return never_cache(require_safe(wrapper))
 
 
 def _collect() -> dict:

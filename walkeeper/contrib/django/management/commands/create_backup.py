@@ -53,7 +53,7 @@ class Command(WalkeeperCommand):
             if kind == "base":
                 info = basebackup.take_basebackup(cfg, f"django {db}", show).to_json()
             else:
-                name = f"{db}_{datetime.now():%Y%m%d_%H%M%S}"
+                name = _unique(cfg, f"{db}_{datetime.now():%Y%m%d_%H%M%S}")
                 if show:
                     print(f"dumping {db} into {', '.join(s.name for s in cfg.stores)} ...",
                           file=sys.stderr, flush=True)
@@ -76,6 +76,26 @@ class Command(WalkeeperCommand):
         gone = len(retention["deleted_dumps"]) + len(retention["deleted_backups"])
         self.stdout.write(f"{what} complete: {stored}"
                           + (f"; retention removed {gone} older backup(s)" if gone else ""))
+
+
+def _unique(cfg, name: str) -> str:
+    """name, or name_2, name_3... when a dump already has it (two in one second)."""
+    from walkeeper.backups.dump import list_dumps
+    from walkeeper.errors import StoreError
+    from walkeeper.stores import open_store
+
+    store = open_store(cfg.stores[0], cfg.keyring)
+    try:
+        taken = {d.get("name") for d in list_dumps(store, cfg.cluster)}
+    except StoreError:
+        return name          # the dump itself will say what is wrong with the store
+    finally:
+        store.close()
+    n, candidate = 1, name
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}_{n}"
+    return candidate
 
 
 def signal_name(signal) -> str:
