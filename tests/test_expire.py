@@ -206,7 +206,7 @@ def test_expire_refuses_when_a_store_cannot_be_read(wk, tmp_path, archive):
 
 def fake_archive(root: Path, segnos, backups: dict[str, int], suffix: str = ".zst") -> None:
     """WAL objects (names only matter to the catalog) and backups {id: start segment}."""
-    store = LocalStore("x", str(root))
+    store = LocalStore("x", str(store_root(root)))
     for n in segnos:
         name = Segment.from_number(1, n, SEG).name
         store.put_bytes(f"{CLUSTER}/wal/{name[:16]}/{name}{suffix}", b"wal")
