@@ -59,7 +59,8 @@ _n = [0]
 def recover(pg, wk, cfg, tmp_path, *target, archive=False, action="promote", expect=0):
     _n[0] += 1
     dest = tmp_path / f"restored{_n[0]}"
-    r = wk("--config", cfg, "recover", "--pgdata", dest, *target, "--target-action", action)
+    r = wk("--config", cfg, "recover", "--pgdata", dest, *target, "--target-action", action,
+           *(("--archive", "on") if archive else ()))
     assert r.returncode == expect, r.stderr
     if expect:
         return r

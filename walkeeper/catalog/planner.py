@@ -191,6 +191,7 @@ class RecoveryPlan:
             "notes": list(self.notes),
             "stores": list(self.stores),
             "skipped_stores": dict(self.skipped_stores),
+            "widen_restore_command": self.widen_command,
             "port": self.port,
             "archive": self.archive,
             "warnings": list(self.warnings),

@@ -117,10 +117,9 @@ def _check_store(config: Config, cfg) -> Check:
         store = open_store(cfg)
         # First-time setup: the one place a missing store root is created (push,
         # basebackup and sync refuse it: a mistyped or unmounted path must fail).
-        step = "create the store's root"
+        step = "write"
         create_root = getattr(store, "create_root", None)
         created = bool(create_root()) if create_root is not None else False
-        step = "write"
         store.put_bytes(key, payload)
         step = "read back"
         reader = store.open(key)

@@ -242,8 +242,8 @@ def _copy(plan, pgdata: str, dry_run: bool) -> list[str]:
         lines.append(f"  stores      {', '.join(plan.stores)}")
     lines.append(f"  port        {plan.port}" if plan.port is not None else
                  "  port        the source's (give --port N to run it beside the source)")
-    lines.append("  archiving   on: the copy archives into this archive (it replaces the "
-                 "configured cluster, or --archive on)" if plan.archive else
+    lines.append("  archiving   on: once promoted, the copy archives into this archive with "
+                 "walkeeper push (for a copy that replaces the source)" if plan.archive else
                  "  archiving   off (archive_mode = off; --archive on if this copy "
                  "replaces the source)")
     if dry_run:
