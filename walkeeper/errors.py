@@ -114,3 +114,13 @@ class MisplacedObject(CorruptObject):
         self.asked = asked
         self.holds = holds
         self.detail = detail
+
+
+def counts_as_failure(command: str, code: int) -> bool:
+    """Whether an exit is a failure of the work, for the failure log (and so for
+    walkeeper_failures_total): bad usage or input (exit 2: a typo, an unknown id, an
+    unwritable --html path) is not; nor is fetch's "not in the archive" (exit 1),
+    which PostgreSQL probes for routinely (history files, the end of the archive)."""
+    if code in (EXIT_OK, EXIT_USAGE):
+        return False
+    return not (command == "fetch" and code == EXIT_FAILED)

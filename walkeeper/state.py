@@ -55,18 +55,6 @@ def record_success(state_dir: str, command: str, **fields) -> None:
         log.warn(f"cannot record success in {state_dir}: {exc.strerror}")
 
 
-def counts_as_failure(command: str, code: int) -> bool:
-    """Whether an exit is a failure of the work, for the failure log (and so for
-    walkeeper_failures_total): bad usage or input (exit 2: a typo, an unknown id, an
-    unwritable --html path) is not; nor is fetch's "not in the archive" (exit 1),
-    which PostgreSQL probes for routinely (history files, the end of the archive)."""
-    from walkeeper.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-
-    if code in (EXIT_OK, EXIT_USAGE):
-        return False
-    return not (command == "fetch" and code == EXIT_FAILED)
-
-
 def record_failure(state_dir: str, command: str, target: str, reason: str) -> None:
     try:
         _ensure(state_dir)

@@ -13,7 +13,7 @@ import sys
 
 from walkeeper import log
 from walkeeper.errors import EXIT_ARCHIVE_UNREADABLE, EXIT_FAILED, EXIT_USAGE, WalkeeperError, \
-    from_os_error
+    counts_as_failure, from_os_error
 
 HOT_COMMANDS = ("push", "fetch")
 
@@ -46,9 +46,9 @@ def run(command: str, target: str, config_path: str | None, fn) -> int:
             traceback.print_exc()
         code = EXIT_ARCHIVE_UNREADABLE if command == "fetch" else EXIT_FAILED
         line = f"unexpected error: {type(exc).__name__}: {exc} (rerun with -v for details)"
-    from walkeeper import state
+    if cfg is not None and counts_as_failure(command, code):
+        from walkeeper import state
 
-    if cfg is not None and state.counts_as_failure(command, code):
         state.record_failure(cfg.state_dir, command, target, line)
     if log.level > log.QUIET or code != EXIT_FAILED or command != "fetch":
         print(f"walkeeper {command}: {line}", file=sys.stderr, flush=True)
