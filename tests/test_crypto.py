@@ -308,11 +308,11 @@ def test_a_wrong_passphrase_does_not_evict_the_cached_key(tmp_path):
     assert cached.read_bytes() == before
 
 
-def test_check_key_is_read_only(tmp_path):
+def test_verify_passphrase_is_read_only(tmp_path):
     a = store(tmp_path)
-    crypto.check_key(RING, [a], "main")           # nothing recorded yet: nothing to say
+    crypto.verify_passphrase(RING, [a], "main")           # nothing recorded yet: nothing to say
     assert not (tmp_path / "local" / "main").exists()
     crypto.writer_key(RING, [a], "main")
-    crypto.check_key(keyring(), [a], "main")
+    crypto.verify_passphrase(keyring(), [a], "main")
     with pytest.raises(KeyMismatch):
-        crypto.check_key(keyring("wrong"), [a], "main")
+        crypto.verify_passphrase(keyring("wrong"), [a], "main")

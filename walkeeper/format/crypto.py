@@ -343,7 +343,7 @@ def _read_doc(store, key: str) -> dict | None:
                               f"archive is encrypted, restore it from another store") from None
 
 
-def check_key(keyring: Keyring | None, stores: list, cluster: str) -> None:
+def verify_passphrase(keyring: Keyring | None, stores: list, cluster: str) -> None:
     """Read-only: KeyMismatch when the configured key is not the archive's (as
     recorded in the encryption.json of any reachable store); for commands that may
     otherwise decrypt nothing (list on an archive of WAL only)."""

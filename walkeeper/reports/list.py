@@ -9,7 +9,7 @@ in "store_errors" and the others are still listed.
 from __future__ import annotations
 
 
-from walkeeper.format.crypto import check_key
+from walkeeper.format.crypto import verify_passphrase
 from walkeeper.catalog.reader import read_archive, read_json, merge, wal_ranges
 from walkeeper.errors import CorruptObject, ObjectNotFound, OperationFailed, StoreError
 from walkeeper.format.layout import DUMP_META, dump_dir, dump_meta_key, dumps_dir, is_temp
@@ -52,7 +52,7 @@ def list_data(config) -> dict:
     models, dumps, errors = [], {}, {}
     stores = open_stores(config)
     try:
-        check_key(config.keyring, stores, config.cluster)
+        verify_passphrase(config.keyring, stores, config.cluster)
         for store in stores:
             try:
                 model = read_archive(store, config.cluster)
