@@ -80,7 +80,12 @@ def read_small(store, key: str, limit: int = SMALL_OBJECT_LIMIT) -> bytes:
 
 def read_json(store, key: str) -> dict:
     """A small JSON object (see read_small); CorruptObject when it does not parse."""
-    data = read_small(store, key)
+    return parse_json_object(read_small(store, key))
+
+
+def parse_json_object(data: bytes) -> dict:
+    """Metadata (backup.json, dump.json, identity.json) as a dict; CorruptObject when
+    it is not one."""
     try:
         value = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:

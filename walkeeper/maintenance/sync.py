@@ -25,18 +25,17 @@ every store type works with sync unchanged.
 
 from __future__ import annotations
 
-import json
 
 from walkeeper import log
+from walkeeper.catalog.reader import PLAIN_FILES, parse_json_object
 from walkeeper.config import Config
 from walkeeper.errors import CorruptObject, ObjectExists, ObjectNotFound, OperationFailed, \
     StoreError, UsageError
+from walkeeper.format import identity
 from walkeeper.format.layout import BACKUP_META, DUMP_META, identity_key, is_temp, stored_name
 from walkeeper.format.objects import CHUNK, HEADER_SIZE, SKIPPABLE_MAGIC, decode
 from walkeeper.stores import open_store
 
-# Files kept in clear in an encrypted archive (catalog.reader.PLAIN_FILES).
-PLAIN_FILES = ("identity.json", "encryption.json")
 SMALL_LIMIT = 1 << 20
 _MARKS = (BACKUP_META, DUMP_META)
 
@@ -120,10 +119,11 @@ def _check_identities(config: Config, stores: dict, inventories: dict) -> None:
         if key not in inv:
             continue
         try:
-            ident = json.loads(_read_small(stores[name], key, config.keyring, key).decode())
-            seen[name] = int(ident["system_identifier"])
-        except (CorruptObject, ObjectNotFound, StoreError, ValueError, KeyError, TypeError):
+            ident = identity.read(stores[name], config.cluster)
+        except (ObjectNotFound, StoreError, ValueError):
             continue
+        if ident is not None and ident.system_identifier is not None:
+            seen[name] = ident.system_identifier
     if len(set(seen.values())) > 1:
         raise OperationFailed(
             "the stores hold archives of different systems under cluster "
@@ -187,14 +187,9 @@ def _check_plain(key: str, data: bytes, keyring) -> None:
     base = key.rsplit("/", 1)[-1]
     if not base.endswith(".json"):
         raise CorruptObject("not a walkeeper object (no object header)")
-    if keyring is not None and base not in PLAIN_FILES:
+    if keyring is not None and not key.endswith(PLAIN_FILES):
         raise CorruptObject("stored in clear, but this archive is encrypted")
-    try:
-        value = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise CorruptObject(f"not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise CorruptObject("not a JSON object")
+    parse_json_object(data)
 
 
 def _read_small(store, key: str, keyring, name: str) -> bytes:
