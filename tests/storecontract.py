@@ -10,6 +10,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from storeroot import root as store_root
 
 MiB = 1 << 20
 CLUSTER = "ecar"
@@ -84,7 +85,7 @@ def new_backend(kind: str, request, tmp_path) -> Backend:
     root = sshd = None
     if kind == "local":
         root = tmp_path / "local-store"          # does not exist yet: the store creates it
-        cfg = StoreConfig(name="local", type="local", path=str(root))
+        cfg = StoreConfig(name="local", type="local", path=str(store_root(root)))
 
         @contextmanager
         def outage():

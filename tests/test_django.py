@@ -25,6 +25,7 @@ import django
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import override_settings
+from storeroot import root as store_root
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 TESTS = Path(__file__).resolve().parent
@@ -94,7 +95,7 @@ def wrappers(tmp_path):
 def site(dj, tmp_path, wrappers):
     """The runbook's settings for one test: a local BACKUP_DIR, walkeeper's own state
     directory and cluster name in WALKEEPER."""
-    values = {"BACKUP_DIR": str(tmp_path / "local"), "BACKUP_SFTP_ENABLED": False,
+    values = {"BACKUP_DIR": str(store_root(tmp_path / "local")), "BACKUP_SFTP_ENABLED": False,
               "WALKEEPER": {"cluster": "app", "state_dir": str(tmp_path / "state"),
                             "postgres": {"bindir": str(wrappers.path)}}}
     with override_settings(**values):
@@ -275,7 +276,7 @@ def test_manage_py_exit_codes_and_one_line(djdb, tmp_path):
     """The real manage.py: CommandError carries the CLI's exit codes."""
     env = clean_env({"WK_DJANGO_DB_HOST": "127.0.0.1", "WK_DJANGO_DB_PORT": djdb.port,
                      "WK_DJANGO_DB_PASSWORD": PASSWORD,
-                     "WK_DJANGO_BACKUP_DIR": str(tmp_path / "local"),
+                     "WK_DJANGO_BACKUP_DIR": str(store_root(tmp_path / "local")),
                      "XDG_STATE_HOME": str(tmp_path / "xdg")})
     manage = [sys.executable, str(TESTS / "djangoproject" / "manage.py")]
 

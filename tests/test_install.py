@@ -13,6 +13,7 @@ import pytest
 
 from walfiles import write_segment
 import walkeeper
+from storeroot import root as store_root
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALLED = os.environ.get("WALKEEPER_INSTALLED", "")
@@ -53,7 +54,7 @@ def test_an_unprivileged_user_runs_the_installed_walkeeper(tmp_path):
     r = run(name, "--version")
     assert r.returncode == 0, r.stderr
     assert walkeeper.__version__ in r.stdout
-    env = {"BACKUP_DIR": str(tmp_path / "store"), "WALKEEPER_STATE_DIR": str(tmp_path / "st")}
+    env = {"BACKUP_DIR": str(store_root(tmp_path / "store")), "WALKEEPER_STATE_DIR": str(tmp_path / "st")}
     r = run(name, "push", write_segment(tmp_path, SEG), SEG, env=env)
     assert r.returncode == 0, r.stderr
     r = run(name, "fetch", SEG, tmp_path / "back", env=env)

@@ -24,6 +24,7 @@ from walfiles import segment_bytes
 from walkeeper.format import crypto
 from walkeeper.format.objects import Encoder, decode
 from walkeeper.wal import parse_long_page_header
+from storeroot import root as store_root
 
 pytestmark = pytest.mark.slow
 
@@ -54,13 +55,13 @@ class Archive:
             self.key_file.write_bytes(b"0123456789abcdef" * 4)
             self.key_file.chmod(0o600)
             enc = f'[encryption]\nkey_file = "{self.key_file}"\n'
-        second = f'[[stores]]\nname = "second"\ntype = "local"\npath = "{tmp / "second"}"\n'
+        second = f'[[stores]]\nname = "second"\ntype = "local"\npath = "{store_root(tmp / "second")}"\n'
         if kind == "sftp":
             self.roots = [sshd.directory, tmp / "second"]
             first = sshd.store_config(name="first") + "timeout = 10\nretries = 1\n"
         else:
             self.roots = [tmp / "first", tmp / "second"]
-            first = f'[[stores]]\nname = "first"\ntype = "local"\npath = "{tmp / "first"}"\n'
+            first = f'[[stores]]\nname = "first"\ntype = "local"\npath = "{store_root(tmp / "first")}"\n'
         head = f'cluster = "{CLUSTER}"\nstate_dir = "{tmp / "state"}"\n'
         self.cfg = tmp / "walkeeper.toml"
         self.cfg.write_text(head + "[fetch]\nprefetch = 0\n" + enc + first + second)
@@ -237,7 +238,7 @@ def pg_config(tmp_path: Path, cluster, encrypted: bool = False, stores: int = 2)
         text += f'[encryption]\nkey_file = "{kf}"\n'
     for i in range(stores):
         text += (f'[[stores]]\nname = "s{i}"\ntype = "local"\n'
-                 f'path = "{tmp_path / f"s{i}"}"\n')
+                 f'path = "{store_root(tmp_path / f"s{i}")}"\n')
     cfg = tmp_path / "walkeeper.toml"
     cfg.write_text(text)
     return cfg

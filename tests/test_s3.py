@@ -25,6 +25,7 @@ from walkeeper.errors import ObjectExists, StoreError
 from walkeeper.stores import open_store
 from walkeeper.stores.registry import StoreConfig
 from walkeeper.stores.s3_client import MiB, PART_SIZE, SINGLE_MAX, part_size
+from storeroot import root as store_root
 
 PASS_VAR = "WK_TEST_S3_PASSPHRASE"
 PASSPHRASE = "s3 test passphrase, never printed"
@@ -213,7 +214,7 @@ def test_cluster_archives_to_local_and_s3_and_recovers_from_s3_alone(pg, rgw, bu
 
     env = rgw.credentials_env()
     local = tmp_path / "local-store"
-    both = (f'[[stores]]\nname = "local"\ntype = "local"\npath = "{local}"\n'
+    both = (f'[[stores]]\nname = "local"\ntype = "local"\npath = "{store_root(local)}"\n'
             + rgw.store_toml(bucket, prefix="archive/"))
     cluster = pg.new()
     cfg = config(tmp_path, both, conninfo=cluster.conninfo)
