@@ -133,7 +133,8 @@ def new_backend(kind: str, request, tmp_path) -> Backend:
             finally:
                 rgw.restart()
     elif kind == "toy":
-        import toystore  # noqa: F401 - registers the type
+        import toystore
+        request.addfinalizer(toystore.install())
         cfg = StoreConfig(name="toy", type="toy", space=uuid.uuid4().hex)
 
         @contextmanager

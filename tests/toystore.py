@@ -1,5 +1,5 @@
 """A store type that lives only in the test suite: objects in a dict in this process,
-registered with stores.registry.register(). It exists to prove that a new type needs
+registered with stores.registry.register() (install()). It exists to prove that a new type needs
 nothing outside walkeeper/stores and tests: it passes the whole API contract suite
 (tests/test_store_contract.py) without any change to walkeeper.
 
@@ -133,4 +133,12 @@ STORE_TYPE = StoreType(
     location=lambda cfg: f"toy:{cfg.space}",
     shared=True,
 )
-register(STORE_TYPE)
+
+
+def install():
+    """Register the type; returns the function that removes it again (so that it does
+    not leak into later tests, e.g. the generated configuration reference)."""
+    from walkeeper.stores import registry
+
+    register(STORE_TYPE)
+    return lambda: registry._TYPES.pop(STORE_TYPE.name, None)

@@ -140,7 +140,7 @@ class _Part:
 
     def body(self):
         if self.file is None:
-            return bytes(self.buf)
+            return self.buf         # botocore sends a bytearray as is: no 16 MiB copy
         self.file.seek(0)
         return self.file
 
@@ -152,6 +152,68 @@ class _Part:
         if self.file is not None:
             self.file.close()
         self.buf = bytearray()
+
+
+class _Sender:
+    """The thread of one multipart upload that sends its parts, one at a time."""
+
+    def __init__(self, upload: S3Upload):
+        self.upload = upload
+        self.cond = threading.Condition()
+        self.todo: _Part | None = None
+        self.out = None             # the last part's {"PartNumber", "ETag"} or its exception
+        self.busy = False
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, name="s3-parts", daemon=True)
+        self.thread.start()
+
+    def submit(self, part: _Part) -> None:
+        with self.cond:
+            self.todo, self.busy = part, True
+            self.cond.notify_all()
+
+    def result(self):
+        """Wait for the part in flight; its result (None when there was none)."""
+        with self.cond:
+            while self.busy:
+                self.cond.wait()
+            out, self.out = self.out, None
+            return out
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+        self.thread.join()
+
+    def _run(self) -> None:
+        up = self.upload
+        s = up.store
+        while True:
+            with self.cond:
+                while self.todo is None and not self.stopping:
+                    self.cond.wait()
+                if self.todo is None:
+                    return
+                part, self.todo = self.todo, None
+            md5 = base64.b64encode(part.md5.digest()).decode()
+
+            def send(c):
+                part.rewind()
+                return c.upload_part(Bucket=s.bucket, Key=up.key, UploadId=up.upload_id,
+                                     PartNumber=part.number, Body=part.body(),
+                                     ContentLength=part.size, ContentMD5=md5)
+
+            try:
+                r = s._call(f"upload part {part.number} of", up.key, send)
+                out = {"PartNumber": part.number, "ETag": r["ETag"]}
+            except BaseException as exc:  # noqa: BLE001 - raised by S3Upload._wait_part
+                out = exc
+            finally:
+                part.close()
+            with self.cond:
+                self.out, self.busy = out, False
+                self.cond.notify_all()
 
 
 class S3Upload:
@@ -166,7 +228,7 @@ class S3Upload:
         self.upload_id: str | None = None
         self.part: _Part | None = None
         self.parts: list[dict] = []
-        self.inflight = None            # (thread, result box) of the part being sent
+        self.sender: _Sender | None = None     # the thread sending parts
         self.numbered = 0               # parts begun
         self.done = False
 
@@ -196,6 +258,12 @@ class S3Upload:
             raise
 
     def _start_multipart(self) -> None:
+        from walkeeper.detach import keep_freed_memory
+
+        # A fixed mmap threshold (8 MiB): 16 MiB parts are mapped and unmapped as they
+        # come and go, instead of glibc's dynamic threshold moving them into heaps that
+        # keep the memory
+        keep_freed_memory()
         s = self.store
         r = s._call("start upload of", self.key, lambda c: c.create_multipart_upload(
             Bucket=s.bucket, Key=self.key, Metadata={TOKEN_META: self.token}, **s._put_extra()))
@@ -203,46 +271,33 @@ class S3Upload:
         log.debug(f"store {s.name}: multipart upload of {self.key} started ({self.upload_id})")
 
     def _send_part(self) -> None:
-        """Send the part just filled in a thread while the next one fills (compression
-        and upload overlap); at most one part in flight, so at most two in memory."""
+        """Hand the part just filled to this upload's sender thread, which sends it while
+        the next one fills (compression and upload overlap); at most one part in
+        flight, so at most two in memory. One thread for the whole upload: a thread per
+        part made glibc give each its own malloc arena, each keeping 16-32 MiB."""
         self._wait_part()
-        s, part = self.store, self.part
-        self.part = None
-        md5 = base64.b64encode(part.md5.digest()).decode()
-        box: dict = {}
-
-        def send(c):
-            part.rewind()
-            return c.upload_part(Bucket=s.bucket, Key=self.key, UploadId=self.upload_id,
-                                 PartNumber=part.number, Body=part.body(),
-                                 ContentLength=part.size, ContentMD5=md5)
-
-        def run():
-            try:
-                r = s._call(f"upload part {part.number} of", self.key, send)
-                box["part"] = {"PartNumber": part.number, "ETag": r["ETag"]}
-            except BaseException as exc:  # noqa: BLE001 - raised by _wait_part
-                box["error"] = exc
-            finally:
-                part.close()
-
-        t = threading.Thread(target=run, name=f"s3-part-{part.number}", daemon=True)
-        self.inflight = (t, box)
-        t.start()
+        part, self.part = self.part, None
+        if self.sender is None:
+            self.sender = _Sender(self)
+        self.sender.submit(part)
 
     def _wait_part(self) -> None:
-        if self.inflight is None:
+        if self.sender is None:
             return
-        t, box = self.inflight
-        t.join()
-        self.inflight = None
-        if "error" in box:
-            exc = box["error"]
-            if isinstance(exc, StoreError):
-                raise exc
+        result = self.sender.result()
+        if result is None:
+            return
+        if isinstance(result, BaseException):
+            if isinstance(result, StoreError):
+                raise result
             raise StoreError(self.store.name, f"cannot upload a part of s3://"
-                             f"{self.store.bucket}/{self.key}: {type(exc).__name__}: {exc}")
-        self.parts.append(box["part"])
+                             f"{self.store.bucket}/{self.key}: {type(result).__name__}: {result}")
+        self.parts.append(result)
+
+    def _stop_sender(self) -> None:
+        if self.sender is not None:
+            self.sender.stop()
+            self.sender = None
 
     # ---------------------------------------------------------------- commit
     def commit(self) -> None:
@@ -324,9 +379,12 @@ class S3Upload:
 
     def _complete_multipart(self) -> None:
         s = self.store
-        if self.part is not None and (self.part.size or not (self.parts or self.inflight)):
+        if self.part is not None and (self.part.size or self.numbered == 1):
             self._send_part()
-        self._wait_part()
+        try:
+            self._wait_part()
+        finally:
+            self._stop_sender()
         claim = self._claim()
         try:
             if s._token_of(self.key) is not None:
@@ -374,6 +432,7 @@ class S3Upload:
             self._wait_part()
         except StoreError:
             pass
+        self._stop_sender()
         if self.part is not None:
             self.part.close()
             self.part = None
