@@ -290,7 +290,7 @@ def test_manage_py_exit_codes_and_one_line(djdb, tmp_path):
     listed = json.loads(run("list_backups", "--json").stdout)
     assert [d["id"] for d in listed["dumps"]] == [dump_id]
     r = run("restore_backup", "20000101T000000Z", "--noinput")
-    assert r.returncode == 1 and "no dump '20000101T000000Z'" in r.stderr
+    assert r.returncode == 2 and "no dump '20000101T000000Z'" in r.stderr   # an id that names nothing
     assert "Traceback" not in r.stderr
     r = run("restore_backup", str(tmp_path / "missing.sql"), "--noinput")
     assert r.returncode == 2 and "no such file" in r.stderr
