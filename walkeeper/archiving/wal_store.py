@@ -307,8 +307,6 @@ def _push(config: Config, f, wal: WalName, size: int, header, stores: list,
 def archive_identity(store, cluster: str) -> dict:
     """The store's identity.json as a dict ({} when absent or unreadable: the checks
     that need it are then skipped, as they are for an archive that predates it)."""
-    import json
-
     from walkeeper.format.layout import identity_key
 
     key = identity_key(cluster)
@@ -331,12 +329,41 @@ def archive_identity(store, cluster: str) -> dict:
             out = io.BytesIO()
             decode(io.BytesIO(data).read, out.write, store.keyring, name=key)
             data = out.getvalue()
+        quick = _identity_fields(data)
+        if quick is not None:
+            return quick
+        import json
+
         doc = json.loads(data)
         return doc if isinstance(doc, dict) else {}
     except (ValueError, CorruptObject):
         log.warn(f"store {store.name!r}: {key} is damaged; fetch cannot check the system "
                  f"identifier of what it serves")
         return {}
+
+
+def _identity_fields(data: bytes) -> dict | None:
+    """The two numbers of an identity.json as push writes it, read with string methods:
+    importing json costs a served fetch ~2 ms (json.decoder, json.scanner). None when
+    the text is not that simple shape (json decides then)."""
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    out = {}
+    for key in ("system_identifier", "wal_segment_size"):
+        at = text.find(f'"{key}"')
+        if at < 0 or text.count(f'"{key}"') != 1:
+            return None
+        rest = text[at + len(key) + 2:].lstrip()
+        if not rest.startswith(":"):
+            return None
+        rest = rest[1:].lstrip().lstrip('"')
+        digits = rest[:len(rest) - len(rest.lstrip("0123456789"))]
+        if not digits:
+            return None
+        out[key] = int(digits)
+    return out
 
 
 def _int_or_none(value) -> int | None:
