@@ -5,7 +5,7 @@ first; plus python3 -c pass and a fetch of a missing segment. Median per command
     python3 bench/ab_fetch.py WALKEEPER_A WALKEEPER_B [ROUNDS]
 
 with the WAL set of make_wal.py in $WKBENCH_WAL_DIR (default /tmp/walkeeper-bench/wal);
-the JSON goes to bench/out/ab-<time>.json. Used for issue 14 (A: main before it, B:
+the JSON goes to $WKBENCH_OUT_DIR (default bench/out/), ab-<time>.json. Used for issue 14 (A: main before it, B:
 the branch), because on a shared, loaded machine two separate runs of push_fetch.py
 differ by more than what is measured.
 """
@@ -13,7 +13,7 @@ import json, os, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 wal_dir = Path(os.environ.get("WKBENCH_WAL_DIR", "/tmp/walkeeper-bench/wal"))
 segs = sorted((wal_dir / "segments").iterdir())
-out_dir = Path(__file__).resolve().parent / "out"
+out_dir = Path(os.environ.get("WKBENCH_OUT_DIR", Path(__file__).resolve().parent / "out"))
 work = Path(tempfile.mkdtemp(prefix="ab-", dir="/tmp"))
 env0 = {k: v for k, v in os.environ.items() if not k.startswith("WALKEEPER_")}
 def cfg(v):
