@@ -321,6 +321,18 @@ def test_a_base_backup_part_swapped_between_two_backups(pg, wk, tmp_path, encryp
         base_tar(s, b2).write_bytes(data)
     r = wk("--config", cfg, "verify-chain", "--json", timeout=120)
     assert r.returncode == 0, r.stdout
+    # The manifest: b1's backup.json over b2's in the first store.
+    meta = [s0 / CLUSTER / "backups" / b / "backup.json" for b in (b1, b2)]
+    kept = meta[1].read_bytes()
+    shutil.copyfile(meta[0], meta[1])
+    r = wk("--config", cfg, "verify-chain", "--json", timeout=120)
+    assert r.returncode == 1, r.stdout
+    [p] = [p for p in json.loads(r.stdout)["problems"] if p["kind"] == "misplaced"]
+    assert p["store"] == "s0" and b2 in p["object"] and b1 in p["detail"], p
+    r = wk("--config", cfg, "recover", "--pgdata", tmp_path / "r4", "--backup", b2,
+           "--latest", timeout=120)
+    assert r.returncode == 0, r.stderr          # b2 as the second store holds it
+    meta[1].write_bytes(kept)
     cluster.stop()
 
 

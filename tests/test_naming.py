@@ -236,3 +236,20 @@ def test_zstd_tool_still_decodes_a_plain_version_3_object(tmp_path):
     p = tmp_path / "o.zst"
     p.write_bytes(obj)
     assert subprocess.run(["zstd", "-dc", str(p)], capture_output=True).stdout == data
+
+
+@pytest.mark.parametrize("doc", [
+    {"system_identifier": "7311111111111111111", "wal_segment_size": 16777216},
+    {"wal_segment_size": 1048576, "system_identifier": 42},
+])
+def test_identity_is_read_without_json(doc):
+    """fetch reads identity.json's two numbers with string methods; anything else goes
+    to json."""
+    import json
+
+    from walkeeper.archiving.wal_store import _identity_fields
+
+    got = _identity_fields(json.dumps(doc).encode())
+    assert got == {k: int(v) for k, v in doc.items()}
+    assert _identity_fields(b'{"system_identifier": 5}') is None
+    assert _identity_fields('{"system_identifier": "\u00e9"}'.encode()) is None
