@@ -302,3 +302,14 @@ def test_a_state_dir_that_is_a_file_is_a_config_error_naming_it(wk, tmp_path, co
     assert r.returncode == 3, r.stderr
     assert f"state_dir {tmp_path / 'state'}: exists and is not a directory" in r.stderr
     assert "Traceback" not in r.stderr and "unexpected" not in r.stderr
+
+
+def test_an_encryption_key_file_that_is_a_directory_is_exit_3(wk, tmp_path):
+    keydir = tmp_path / "keys"
+    keydir.mkdir(mode=0o700)
+    keydir.chmod(0o700)
+    cfg = local_config(tmp_path, f'[encryption]\nkey_file = "{keydir}"\n')
+    r = wk("--config", cfg, "push", write_segment(tmp_path, SEG), SEG)
+    assert r.returncode == 3, r.stderr
+    assert f"key_file {keydir} is not a file" in r.stderr
+    only_walkeeper_lines(r.stderr)
