@@ -206,3 +206,15 @@ def test_expire_removes_emptied_directories_on_an_sftp_store(wk, tmp_path, sshd)
     root = sshd.directory / CLUSTER
     assert sorted(p.name for p in (root / "backups").iterdir()) == ["a", "b"]
     assert [p for p in root.rglob("*") if p.is_dir() and not any(p.iterdir())] == []
+
+
+def test_no_count_is_printed_with_a_parenthesised_plural():
+    """'(s)' after a count reads as a shrug; log.plural says '1 segment', '2 segments'."""
+    import re
+
+    offenders = []
+    for path in sorted((REPO / "walkeeper").rglob("*.py")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"\}\s*[a-z ]*\w\(s\)", line):
+                offenders.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
+    assert offenders == []
