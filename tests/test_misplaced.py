@@ -61,6 +61,8 @@ class Archive:
         else:
             self.roots = [tmp / "first", tmp / "second"]
             first = f'[[stores]]\nname = "first"\ntype = "local"\npath = "{tmp / "first"}"\n'
+        for root in self.roots:      # as `walkeeper check` makes them: push creates none
+            Path(root).mkdir(mode=0o700, parents=True, exist_ok=True)
         head = f'cluster = "{CLUSTER}"\nstate_dir = "{tmp / "state"}"\n'
         self.cfg = tmp / "walkeeper.toml"
         self.cfg.write_text(head + "[fetch]\nprefetch = 0\n" + enc + first + second)
