@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from storeroot import root as store_root
 from walfiles import write_segment
 import walkeeper
 from storeroot import root as store_root
@@ -54,7 +55,8 @@ def test_an_unprivileged_user_runs_the_installed_walkeeper(tmp_path):
     r = run(name, "--version")
     assert r.returncode == 0, r.stderr
     assert walkeeper.__version__ in r.stdout
-    env = {"BACKUP_DIR": str(store_root(tmp_path / "store")), "WALKEEPER_STATE_DIR": str(tmp_path / "st")}
+    env = {"BACKUP_DIR": str(store_root(tmp_path / "store")),
+           "WALKEEPER_STATE_DIR": str(tmp_path / "st")}
     r = run(name, "push", write_segment(tmp_path, SEG), SEG, env=env)
     assert r.returncode == 0, r.stderr
     r = run(name, "fetch", SEG, tmp_path / "back", env=env)

@@ -92,6 +92,30 @@ def test_a_port_that_is_not_ssh_gives_one_line_and_no_traceback(wk, tmp_path, re
         server.close()
 
 
+@pytest.mark.parametrize("reply", [b"", b"SSH-2.0-OpenSSH_9.2\r\n"],
+                         ids=["accepts-and-closes", "not-http"])
+@pytest.mark.parametrize("command", ["push", "fetch", "list"])
+def test_an_s3_endpoint_that_is_not_s3_gives_one_line_and_no_traceback(wk, tmp_path, reply,
+                                                                          command):
+    """The same rule for the S3 driver's libraries (botocore, urllib3)."""
+    server = _Server(reply)
+    try:
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f'cluster = "c"\nstate_dir = "{tmp_path / "state"}"\n'
+                       f'[[stores]]\nname = "obj"\ntype = "s3"\n'
+                       f'endpoint = "http://127.0.0.1:{server.port}"\nbucket = "b"\n'
+                       f'access_key_env = "WK_AK"\nsecret_key_env = "WK_SK"\n'
+                       f'timeout = 5\nretries = 2\n')
+        args = {"push": ("push", write_segment(tmp_path, SEG), SEG),
+                "fetch": ("fetch", SEG, tmp_path / "out"),
+                "list": ("list",)}[command]
+        r = wk("--config", cfg, *args, env={"WK_AK": "ak", "WK_SK": "sk"})
+        assert r.returncode != 0
+        only_walkeeper_lines(r.stderr)
+    finally:
+        server.close()
+
+
 # ------------------------------------------------ item 7: ordinary conditions
 
 def test_config_pointing_at_a_directory_is_exit_3_naming_it(wk, tmp_path):
@@ -302,3 +326,14 @@ def test_a_state_dir_that_is_a_file_is_a_config_error_naming_it(wk, tmp_path, co
     assert r.returncode == 3, r.stderr
     assert f"state_dir {tmp_path / 'state'}: exists and is not a directory" in r.stderr
     assert "Traceback" not in r.stderr and "unexpected" not in r.stderr
+
+
+def test_an_encryption_key_file_that_is_a_directory_is_exit_3(wk, tmp_path):
+    keydir = tmp_path / "keys"
+    keydir.mkdir(mode=0o700)
+    keydir.chmod(0o700)
+    cfg = local_config(tmp_path, f'[encryption]\nkey_file = "{keydir}"\n')
+    r = wk("--config", cfg, "push", write_segment(tmp_path, SEG), SEG)
+    assert r.returncode == 3, r.stderr
+    assert f"key_file {keydir} is not a file" in r.stderr
+    only_walkeeper_lines(r.stderr)

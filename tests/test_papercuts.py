@@ -188,3 +188,33 @@ def test_drill_without_a_backup_points_at_no_server_log(wk, tmp_path):
     assert "no complete backup" in r.stderr and "walkeeper basebackup" in r.stderr
     assert "server log" not in r.stderr, r.stderr
     assert not (state / "last_drill_postgres.log").exists()
+
+
+@pytest.mark.slow
+def test_expire_removes_emptied_directories_on_an_sftp_store(wk, tmp_path, sshd):
+    import json
+
+    from test_expire import CLUSTER, RETENTION, fake_archive
+
+    fake_archive(sshd.directory, range(1, 20), {"z": 2, "m": 6, "b": 10, "a": 14})
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'cluster = "{CLUSTER}"\nstate_dir = "{tmp_path / "state"}"\n'
+                   + RETENTION + sshd.store_config())
+    r = wk("--config", cfg, "expire", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["deleted_backups"] == ["z", "m"]
+    root = sshd.directory / CLUSTER
+    assert sorted(p.name for p in (root / "backups").iterdir()) == ["a", "b"]
+    assert [p for p in root.rglob("*") if p.is_dir() and not any(p.iterdir())] == []
+
+
+def test_no_count_is_printed_with_a_parenthesised_plural():
+    """'(s)' after a count reads as a shrug; log.plural says '1 segment', '2 segments'."""
+    import re
+
+    offenders = []
+    for path in sorted((REPO / "walkeeper").rglob("*.py")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"\}\s*[a-z ]*\w\(s\)", line):
+                offenders.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
+    assert offenders == []

@@ -244,8 +244,12 @@ class Keyring:
         except OSError as exc:
             raise ConfigError(f"[encryption] key_file {path}: cannot read it "
                               f"({exc.strerror})") from None
+        st = os.fstat(fd)
+        if st.st_mode & 0o170000 != 0o100000:       # not S_ISREG: a directory, say
+            os.close(fd)
+            raise ConfigError(f"[encryption] key_file {path} is not a file; give the path "
+                              f"of the key file itself")
         with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
             if st.st_mode & 0o077:
                 raise ConfigError(f"[encryption] key_file {path} is readable by others "
                                   f"(mode {st.st_mode & 0o777:04o}); run: chmod 600 {path}")

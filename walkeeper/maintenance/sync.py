@@ -314,6 +314,6 @@ def failure(result: dict):
     if result["ok"]:
         return None
     return OperationFailed(
-        f"{len(result['unrecoverable'])} object(s) without a good copy anywhere, "
-        f"{len(result['store_errors'])} store(s) not reachable",
+        f"{log.plural(len(result['unrecoverable']), 'object')} without a good copy anywhere, "
+        f"{log.plural(len(result['store_errors']), 'store')} not reachable",
         hint="see the list above (\"unrecoverable\" and \"store_errors\" in --json)")

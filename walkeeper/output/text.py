@@ -171,7 +171,7 @@ def verify_chain(report) -> str:
     if getattr(report, "old_format", 0):
         from walkeeper.format.objects import FORMAT_VERSION
 
-        lines.append(f"{report.old_format} object(s) of a format version before "
+        lines.append(f"{plural(report.old_format, 'object')} of a format version before "
                      f"{FORMAT_VERSION} (written by an earlier walkeeper; readable, but they "
                      f"record no name, so a copy under the wrong name is caught by content "
                      f"checks only)")

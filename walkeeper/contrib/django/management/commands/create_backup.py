@@ -75,7 +75,7 @@ class Command(WalkeeperCommand):
         stored = ", ".join(f"{log.human_bytes(n)} in {s}" for s, n in info["stored_bytes"].items())
         gone = len(retention["deleted_dumps"]) + len(retention["deleted_backups"])
         self.stdout.write(f"{what} complete: {stored}"
-                          + (f"; retention removed {gone} older backup(s)" if gone else ""))
+                          + (f"; retention removed {log.plural(gone, 'older backup')}" if gone else ""))
 
 
 def _unique(cfg, name: str) -> str:
