@@ -14,7 +14,6 @@ import pytest
 from storeroot import root as store_root
 from walfiles import write_segment
 import walkeeper
-from storeroot import root as store_root
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALLED = os.environ.get("WALKEEPER_INSTALLED", "")
