@@ -17,8 +17,7 @@ from walkeeper.errors import (ArchiveUnreadable, CorruptObject, MisplacedObject,
 # spool) must start and exit within ~2x `python -c pass`: the modules that only the
 # store paths need (layout, objects, transfer, stores, state, json) are imported in
 # the functions that use them.
-from walkeeper.wal import (WalKind, WalName)
-from walkeeper.archiving.wal_store import content_check, find, parse_name
+from walkeeper.wal import WalKind, WalName, parse_wal_name
 
 
 
@@ -26,6 +25,7 @@ def _fetch_one(store, keys: list[str], dest: str, config: Config, wal: WalName) 
     """Write a verified copy to dest, once its content proved to be WAL's file of this
     name (wal_store.content_check); False when the store has no such object."""
     from walkeeper.archiving.transfer import fetch_to_file
+    from walkeeper.archiving.wal_store import content_check
 
     check, keep = content_check(store, config.cluster, config["compression.algorithm"], wal)
     for key in keys:
@@ -44,6 +44,7 @@ def _prefetch_early(prefetcher, config: Config, wal: WalName, keys: list[str]) -
     recovery). The segment size comes from N's trailer in the first store, which a
     local store gives at once; an SFTP store would need its connection first, and a
     fork with paramiko's thread running, so for those the prefetcher starts after."""
+    from walkeeper.archiving.wal_store import find
     from walkeeper.stores import open_store
 
     try:
@@ -76,7 +77,10 @@ def fetch(config: Config, wal_name: str, dest: str, only=None) -> str:
     """Bring WAL_NAME back to DEST from the first store with a good copy; only: the
     names of the stores to try (default: every configured store)."""
     restrict(config, only)
-    wal = parse_name(wal_name)
+    try:
+        wal = parse_wal_name(wal_name)
+    except ValueError as exc:
+        raise UsageError(f"{wal_name!r} is not a WAL file name: {exc}") from None
     dest = os.path.abspath(dest)
     if not os.path.isdir(os.path.dirname(dest)):
         raise UsageError(f"{os.path.dirname(dest)}: no such directory")

@@ -55,17 +55,24 @@ def run(command: str, target: str, config_path: str | None, fn) -> int:
     return code
 
 
+# push and fetch call their modules directly rather than through walkeeper.commands:
+# one module less to load, once per WAL segment (commands.push/fetch are the same call).
 def push_command(config_path, wal_path, wal_name) -> int:
-    from walkeeper import commands
+    def work(cfg):
+        from walkeeper.archiving import push as pushing
 
-    return run("push", wal_name, config_path, lambda cfg: commands.push(cfg, wal_path, wal_name))
+        pushing.push(cfg, wal_path, wal_name)
+
+    return run("push", wal_name, config_path, work)
 
 
 def fetch_command(config_path, wal_name, dest, stores=()) -> int:
-    from walkeeper import commands
+    def work(cfg):
+        from walkeeper.archiving import fetch as fetching
 
-    return run("fetch", wal_name, config_path,
-               lambda cfg: commands.fetch(cfg, wal_name, dest, stores))
+        fetching.fetch(cfg, wal_name, dest, list(stores))
+
+    return run("fetch", wal_name, config_path, work)
 
 
 def _fast_path(argv: list[str]) -> int | None:
