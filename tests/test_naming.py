@@ -247,7 +247,7 @@ def test_identity_is_read_without_json(doc):
     to json."""
     import json
 
-    from walkeeper.archiving.wal_store import _identity_fields
+    from walkeeper.format.identity import _identity_fields
 
     got = _identity_fields(json.dumps(doc).encode())
     assert got == {k: int(v) for k, v in doc.items()}
