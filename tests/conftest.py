@@ -40,6 +40,17 @@ _SCRUB_NAMES = {
 }
 
 
+def need(available: bool, missing: str) -> None:
+    """A real part a test needs (a server, a browser, the sshd test password): in CI
+    (CI set, where bin/test installed everything as root) its absence fails the test;
+    on a developer's machine without it, the test is skipped."""
+    if available:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{missing}; CI must provide it")
+    pytest.skip(missing)
+
+
 # A test that uses one of these (directly or through another fixture) starts a real
 # service: it is marked slow here, so that `-m "not slow"` is the fast suite and no
 # test file has to remember the marker.
@@ -92,11 +103,8 @@ def sshd(tmp_path):
 
 @pytest.fixture(scope="session")
 def rgw(tmp_path_factory):
-    if not rgw_available():
-        msg = "radosgw, ceph-mon or ceph-osd is missing (bin/test installs them as root)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+    need(rgw_available(), "radosgw, ceph-mon or ceph-osd is missing (bin/test installs them "
+                          "as root)")
     # a short directory: Ceph's admin sockets need paths under ~100 bytes
     d = Path(tempfile.mkdtemp(prefix="wkrgw", dir="/tmp"))
     server = RgwServer(d / "rgw")

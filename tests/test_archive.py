@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from walfiles import SYSID, segment_bytes, write_segment
-from conftest import make_config
+from conftest import make_config, need
 from storeroot import root as store_root
 
 SEG = "000000010000000000000005"
@@ -331,8 +331,7 @@ def test_unknown_host_key_is_refused(wk, tmp_path, sshd):
 
 
 def test_no_password_in_any_output(wk, tmp_path, sshd):
-    if not sshd.password:
-        pytest.skip("the test user has no password (bin/test sets one when run as root)")
+    need(bool(sshd.password), "the test user has no password (bin/test sets one when run as root)")
     seg = write_segment(tmp_path, SEG)
     secret_env = {"WK_TEST_PW": sshd.password}
     cfg = write_config(tmp_path, local=False, sshd=sshd)

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import clean_env
+from conftest import clean_env, need
 from pgharness import PG_BIN
 
 import django
@@ -475,8 +475,7 @@ def test_dashboard_is_staff_only_and_shows_the_four_items(djdb, site, tmp_path):
         plain_user.user_permissions.add(Permission.objects.get(codename="view_user"))
         assert plain.get("/backups/").status_code == 200
 
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (bin/test installs it when run as root)")
+    need(CHROMIUM is not None, "chromium is not installed (bin/test installs it when run as root)")
     page = tmp_path / "dashboard.html"
     page.write_text(html)
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import make_config, WALKEEPER, clean_env
+from conftest import make_config, WALKEEPER, clean_env, need
 from sshharness import SSHD, SshServer
 from test_recover import mark, rows, wait_recovered
 from walfiles import write_segment
@@ -105,8 +105,7 @@ def enc(pg, tmp_path_factory):
     """A cluster archiving with an encrypted config into a local and an SFTP store:
     backup b1; batch A; a time mark; batch B and the marker table; backup b2; a dump;
     more WAL. Every archived segment is also copied in clear to `copies`."""
-    if not SSHD.exists():
-        pytest.skip(f"{SSHD} is absent (bin/test installs openssh-server when run as root)")
+    need(SSHD.exists(), f"{SSHD} is absent (bin/test installs openssh-server when run as root)")
     tmp = tmp_path_factory.mktemp("enc")
     sshd = SshServer(tmp / "sshd").start()
     wk = runner(tmp)

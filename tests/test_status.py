@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conftest import WALKEEPER, clean_env, make_config
+from conftest import WALKEEPER, clean_env, make_config, need
 from sshharness import SSHD, SshServer
 from walkeeper.reports import status as status_mod
 from walkeeper.output import prometheus as status_prometheus
@@ -213,8 +213,7 @@ def test_html_dashboard_renders_in_chromium(world, tmp_path):
                    BAD_SEGMENT, last_wal):
         assert needle in html, needle
 
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (bin/test installs it when run as root)")
+    need(CHROMIUM is not None, "chromium is not installed (bin/test installs it when run as root)")
     profile = tmp_path / "chromium-profile"
     shot = tmp_path / "status.png"
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",

@@ -21,6 +21,7 @@ from walkeeper.config import StoreConfig
 from walkeeper.errors import ConfigError, ObjectExists, ObjectNotFound, StoreError
 from walkeeper.stores import open_store
 
+from conftest import need
 from storecontract import (CLUSTER, DIR, HISTORY_KEY, KEY, KEY2, MiB, UNSAFE_KEYS,  # noqa: F401
                            payload, read_all, run_bounded)
 
@@ -335,8 +336,8 @@ def test_sftp_encrypted_key(sshd, tmp_path, monkeypatch, kind):
 
 
 def test_sftp_password_auth(sshd, monkeypatch):
-    if sshd.password is None:
-        pytest.skip("no test password for sshd (bin/test sets one for wktest when run as root)")
+    need(sshd.password is not None,
+         "no test password for sshd (bin/test sets one for wktest when run as root)")
     monkeypatch.setenv("WK_TEST_SFTP_PASSWORD", sshd.password)
     store = open_store(sftp_config(sshd, key_file="", password_env="WK_TEST_SFTP_PASSWORD"))
     try:
