@@ -208,3 +208,13 @@ def test_an_unreachable_store_is_a_store_error_never_absent_or_taken(backend):
             assert result != "HUNG", what
             assert type(result) is StoreError, f"{what}: {result!r}"
     assert read_all(backend.make().open(KEY)) == b"stored"
+
+
+def test_drivers_carry_no_keyring(backend):
+    """The archive's keyring travels with the handle open_store returns, not in the
+    store driver (which only moves bytes)."""
+    from walkeeper.stores import ArchiveStore
+
+    store = backend.store
+    driver = store.store if isinstance(store, ArchiveStore) else store
+    assert not hasattr(driver, "keyring"), type(driver)

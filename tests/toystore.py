@@ -54,7 +54,6 @@ class ToyUpload:
 
 
 class ToyStore:
-    keyring = None
     down: dict[str, bool] = {}
 
     def __init__(self, cfg):
