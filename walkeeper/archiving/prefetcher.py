@@ -249,7 +249,7 @@ class Prefetcher:
 
         identities: dict = {}
 
-        def identity(store) -> dict:
+        def identity(store):
             """identity.json of a store, read once per run."""
             from walkeeper.archiving.wal_store import archive_identity
 

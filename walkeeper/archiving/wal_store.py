@@ -270,9 +270,10 @@ def _push(config: Config, f, wal: WalName, size: int, header, stores: list,
 
 # ------------------------------------------------ does the content fit the name?
 
-def archive_identity(store, cluster: str) -> dict:
-    """The store's identity.json as a dict ({} when absent or unreadable: the checks
-    that need it are then skipped, as they are for an archive that predates it)."""
+def archive_identity(store, cluster: str):
+    """The store's identity (format/identity.Identity); both fields None when it has
+    none or it is unreadable: the checks that need them are then skipped, as they are
+    for an archive that predates it."""
     from walkeeper.format import identity
 
     try:
@@ -280,15 +281,8 @@ def archive_identity(store, cluster: str) -> dict:
     except ValueError:
         log.warn(f"store {store.name!r}: {cluster}/identity.json is damaged; fetch cannot "
                  f"check the system identifier of what it serves")
-        return {}
-    return {} if ident is None else ident._asdict()
-
-
-def _int_or_none(value) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
+        ident = None
+    return ident if ident is not None else identity.Identity(None, None)
 
 
 def read_history(store, cluster: str, timeline: int, codec: str):
@@ -336,7 +330,7 @@ def content_check(store, cluster: str, codec: str, wal: WalName, identity=None):
             history = (read_history(store, cluster, wal.timeline, codec)
                        if naming.needs_history(wal, header) else None)
             naming.check_segment(wal, header, size,
-                                 _int_or_none(ident.get("system_identifier")), history)
+                                 ident.system_identifier, history)
         return check, LONG_PAGE_HEADER_SIZE
     if wal.kind is WalKind.HISTORY:
         def check(head: bytes, size: int) -> None:
@@ -351,5 +345,5 @@ def content_check(store, cluster: str, codec: str, wal: WalName, identity=None):
         return check, naming.HISTORY_LIMIT + 1
     def check(head: bytes, size: int) -> None:
         ident = archive_identity_(store, cluster)
-        naming.check_backup_file(wal, head, _int_or_none(ident.get("wal_segment_size")))
+        naming.check_backup_file(wal, head, ident.wal_segment_size)
     return check, 1 << 16
