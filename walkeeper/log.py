@@ -41,6 +41,30 @@ def route_library_logging(name: str) -> None:
     logger.addHandler(handler)
     logger.propagate = False
     logger._walkeeper_routed = True
+    _route_thread_exceptions(name)
+
+
+def _route_thread_exceptions(name: str) -> None:
+    """An exception that ends one of the library's own threads (paramiko's SFTP prefetch
+    thread, when walkeeper closes a file it stopped reading) would be printed by
+    threading's default hook, traceback and all. It goes where the library's logging
+    goes: one prefixed line with -v, nothing otherwise. Other threads are untouched."""
+    import threading
+
+    previous = threading.excepthook
+    marker = f"/{name}/"
+
+    def hook(args) -> None:
+        tb = args.exc_traceback
+        while tb is not None:
+            if marker in tb.tb_frame.f_code.co_filename:
+                debug(f"{name}: thread {getattr(args.thread, 'name', '?')}: "
+                      f"{args.exc_type.__name__}: {args.exc_value}")
+                return
+            tb = tb.tb_next
+        previous(args)
+
+    threading.excepthook = hook
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:
