@@ -10,6 +10,7 @@ Run as a non-root user (bin/test): root ignores file modes.
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
 from dataclasses import dataclass
@@ -37,15 +38,6 @@ def disk_tree(root: Path) -> list[str]:
 
 def temp_leftovers(root: Path) -> list[str]:
     return [p for p in disk_tree(root) if Path(p).name.startswith(".tmp-")]
-
-
-def sshd_connections(sshd) -> int:
-    """How many connections the sshd has logged so far (0 for a local store).
-    Counted in the log: the harness's own readiness probe also forks a
-    short-lived connection process, so process counts are not reliable."""
-    if sshd is None:
-        return 0
-    return sshd.log.read_text(errors="replace").count("Connection from ")
 
 
 @pytest.fixture
@@ -170,26 +162,47 @@ def test_abort_leaves_no_temporary_file(backend):
 
 @pytest.mark.parametrize("key", UNSAFE_KEYS)
 def test_unsafe_keys_are_refused_before_touching_anything(backend, key):
-    store = backend.make()            # fresh: no connection yet
+    stores = [backend.make()]         # fresh: no connection yet
+    listener = None
+    if backend.sshd is not None:
+        # A second store aimed at a socket nobody accepts on: a refused key must
+        # not even connect. The kernel queues any connect, so a non-blocking
+        # accept afterwards sees it exactly (the sshd's log is written
+        # asynchronously by its children and lags, so counting there is racy).
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        cfg = sftp_config(backend.sshd, port=listener.getsockname()[1], timeout=1)
+        stores.append(open_store(cfg))
     before = disk_tree(backend.root)
-    connections = sshd_connections(backend.sshd)
-    operations = [
-        lambda: store.begin_put(key),
-        lambda: store.put_bytes(key, b"x"),
-        lambda: store.open(key),
-        lambda: store.read_tail(key, 10),
-        lambda: store.exists(key),
-        lambda: store.list(key),
-        lambda: store.delete(key),
-    ]
-    for op in operations:
-        with pytest.raises(StoreError) as info:
-            op()
-        # Refused, not "absent" or "taken": fetch must not read it as end of archive.
-        assert type(info.value) is StoreError, repr(info.value)
-    assert disk_tree(backend.root) == before
-    assert not (backend.root.parent / "x").exists()
-    assert sshd_connections(backend.sshd) == connections, "an unsafe key made an SFTP connection"
+    try:
+        for store in stores:
+            operations = [
+                lambda: store.begin_put(key),
+                lambda: store.put_bytes(key, b"x"),
+                lambda: store.open(key),
+                lambda: store.read_tail(key, 10),
+                lambda: store.exists(key),
+                lambda: store.list(key),
+                lambda: store.delete(key),
+            ]
+            for op in operations:
+                with pytest.raises(StoreError) as info:
+                    op()
+                # Refused, not "absent" or "taken": fetch must not read it as end of archive.
+                assert type(info.value) is StoreError, repr(info.value)
+        assert disk_tree(backend.root) == before
+        assert not (backend.root.parent / "x").exists()
+        if listener is not None:
+            listener.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                listener.accept()
+                pytest.fail("an unsafe key made an SFTP connection")
+    finally:
+        for store in stores[1:]:
+            store.close()
+        if listener is not None:
+            listener.close()
 
 
 def test_modes_on_disk(backend, not_root):
