@@ -33,27 +33,34 @@ def record(typename: str, field_names: str, *, defaults: tuple = ()) -> type:
         raise TypeError(f"{typename}: more defaults than fields")
     first_default = n - len(defaults)
     position = {f: i for i, f in enumerate(fields)}
+    fill = (_MISSING,) * first_default + defaults    # what a field not given holds
 
+    # Positional construction (WalName, Segment, PageHeader on every call) returns
+    # at once; keywords (settings tables, built at import on every push and fetch)
+    # take one pass over the keywords.
     def __new__(cls, *args, **kwargs):
-        if kwargs or len(args) != n:
-            if len(args) > n:
-                raise TypeError(f"{typename}() takes {n} arguments, {len(args)} given")
-            values = list(args) + [_MISSING] * (n - len(args))
-            for key, value in kwargs.items():
-                i = position.get(key)
-                if i is None:
-                    raise TypeError(f"{typename}() got an unexpected keyword argument {key!r}")
-                if values[i] is not _MISSING:
-                    raise TypeError(f"{typename}() got multiple values for argument {key!r}")
-                values[i] = value
-            for i in range(n):
-                if values[i] is _MISSING:
-                    if i < first_default:
-                        raise TypeError(f"{typename}() missing required argument "
-                                        f"{fields[i]!r}")
-                    values[i] = defaults[i - first_default]
-            args = values
-        return tuple.__new__(cls, args)
+        k = len(args)
+        if k > n:
+            raise TypeError(f"{typename}() takes {n} arguments, {k} given")
+        if not kwargs:
+            if k == n:
+                return tuple.__new__(cls, args)
+            if k >= first_default:
+                return tuple.__new__(cls, args + fill[k:])
+            raise TypeError(f"{typename}() missing required argument {fields[k]!r}")
+        values = list(args)
+        values += fill[k:]
+        for key, value in kwargs.items():
+            i = position.get(key)
+            if i is None:
+                raise TypeError(f"{typename}() got an unexpected keyword argument {key!r}")
+            if i < k:
+                raise TypeError(f"{typename}() got multiple values for argument {key!r}")
+            values[i] = value
+        for i in range(k, first_default):
+            if values[i] is _MISSING:
+                raise TypeError(f"{typename}() missing required argument {fields[i]!r}")
+        return tuple.__new__(cls, values)
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{f}={v!r}" for f, v in zip(fields, self))
