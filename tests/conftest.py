@@ -40,6 +40,12 @@ _SCRUB_NAMES = {
 }
 
 
+# A prefetcher waits fetch.prefetch_idle (60 s) for recovery's next request before it
+# empties its spool and ends; tests that wait for that end set the suite's 5 s here
+# (the processes PostgreSQL starts inherit it), tests of the setting override it.
+os.environ.setdefault("WALKEEPER_PREFETCH_IDLE", "5")
+
+
 def need(available: bool, missing: str) -> None:
     """A real part a test needs (a server, a browser, the sshd test password): in CI
     (CI set, where bin/test installed everything as root) its absence fails the test;

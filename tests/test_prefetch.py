@@ -130,6 +130,24 @@ def test_next_segments_are_spooled_and_served(wk, tmp_path, archive):
     wait_cleaned(tmp_path)
 
 
+def test_a_pause_in_replay_keeps_the_spool(wk, tmp_path, archive):
+    """A replay slower than a few seconds (a heavy segment, a delayed standby) must
+    not lose what was spooled: the prefetcher waits fetch.prefetch_idle."""
+    cfg, content = archive
+    cfg = write_config(tmp_path, "[fetch]\nprefetch_idle = 12\n", "idle.toml")
+    segs = sorted(content)
+    dest = recovery_dir(tmp_path) / "RECOVERYXLOG"
+    assert wk("--config", cfg, "fetch", segs[0], dest).returncode == 0
+    wait_for(lambda: [e[:24] for e in entries(tmp_path)] == segs[1:], what="the spool")
+    time.sleep(7)          # longer than the prefetcher used to wait (5 s), well under 12
+    assert [e[:24] for e in entries(tmp_path)] == segs[1:]
+    r = wk("-v", "--config", cfg, "fetch", segs[1], dest)
+    assert r.returncode == 0, r.stderr
+    assert "prefetch spool" in r.stderr
+    assert dest.read_bytes() == content[segs[1]]
+    wait_cleaned(tmp_path)  # and it still ends once nothing more is asked
+
+
 def test_a_spooled_file_of_another_timeline_is_never_served(wk, tmp_path, archive):
     cfg, content = archive
     segs = sorted(content)

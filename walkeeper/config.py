@@ -44,6 +44,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("fetch.prefetch", int, 8, "segments of the same timeline fetched ahead into the "
             "spool in state_dir while recovery replays; 0 disables prefetch", minimum=0,
             maximum=256),
+    Setting("fetch.prefetch_idle", int, 60, "seconds the prefetcher waits for recovery's next "
+            "request before it empties the spool and ends; a replay pause longer than this "
+            "(a slow segment, a delayed standby) fetches the spooled segments again",
+            env=("WALKEEPER_PREFETCH_IDLE",), minimum=1, maximum=86400),
     Setting("fetch.spool_max_bytes", int, 1 << 30, "upper bound of the prefetch spool, in "
             "bytes", minimum=0),
     Setting("drill.sql", str, "", "extra SQL the restore drill runs on the restored copy"),

@@ -22,7 +22,8 @@ DEST_PATH.
 
 The prefetcher follows the newest requested name (the `.wanted` file), stops at the
 first segment the archive lacks, keeps the spool under fetch.spool_max_bytes, and
-once no new request came for IDLE seconds it empties the spool and exits.
+once no new request came for fetch.prefetch_idle seconds it empties the spool and
+exits.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from walkeeper.errors import CorruptObject, ObjectNotFound, StoreError
 from walkeeper.wal import (LONG_PAGE_HEADER_SIZE, Segment, WalName, check_segment_header,
                            parse_long_page_header, valid_segment_size)
 
-IDLE = 5.0                 # seconds without a new request before the prefetcher ends
 STALE = 600.0              # spool entries older than this are dropped
 INFLIGHT_WAIT = 30.0       # longest wait for an entry being written by the prefetcher
 WANTED = ".wanted"
@@ -191,6 +191,7 @@ class Prefetcher:
         self.dir = directory
         self.depth = config["fetch.prefetch"]
         self.max_bytes = config["fetch.spool_max_bytes"]
+        self.idle = config["fetch.prefetch_idle"]
         self.boot = boot_tag()
 
     def _wanted(self) -> tuple[Segment, int, float] | None:
@@ -325,7 +326,7 @@ class Prefetcher:
                             break
                         tmp = f".{nxt.name}.tmp-{os.urandom(4).hex()}"
                         inflight[nxt.name] = (pool.submit(fetch, nxt.name, tmp), tmp)
-                    if not inflight and time.monotonic() - last_change > IDLE:
+                    if not inflight and time.monotonic() - last_change > self.idle:
                         break
                     time.sleep(0.02)
             finally:
