@@ -26,7 +26,7 @@ from walkeeper.output.text import list_ as render_text
 from walkeeper.reports.list import list_data
 from walkeeper.catalog.model import ArchiveModel, BackupInfo, WalObject
 from walkeeper.stores import archive_store
-from walkeeper.stores.local import LocalStore
+from walkeeper.stores.local_client import LocalStore
 from walkeeper.stores.sftp_client import SftpStore
 from walkeeper.wal import HistoryEntry, Segment, parse_lsn
 from storeroot import root as store_root

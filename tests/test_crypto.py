@@ -20,7 +20,7 @@ from walkeeper.format.crypto import PREAMBLE_SIZE, SEAL_CHUNK, TAG_SIZE, KeyMism
 from walkeeper.errors import ConfigError, CorruptObject
 from walkeeper.format.objects import CHUNK, HEADER_SIZE, TRAILER_SIZE, Encoder, decode
 from walkeeper.stores import archive_store
-from walkeeper.stores.local import LocalStore
+from walkeeper.stores.local_client import LocalStore
 from storeroot import root as store_root
 
 MiB = 1 << 20

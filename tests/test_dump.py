@@ -12,7 +12,7 @@ from walkeeper import config as config_mod
 from walkeeper.backups import dump
 from walkeeper.errors import OperationFailed, UnknownName
 from walkeeper.stores import archive_store
-from walkeeper.stores.local import LocalStore
+from walkeeper.stores.local_client import LocalStore
 from conftest import make_config
 
 

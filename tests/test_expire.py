@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from walkeeper.stores.local import LocalStore
+from walkeeper.stores.local_client import LocalStore
 from walkeeper.wal import Segment, format_lsn, parse_wal_name
 from conftest import make_config
 from storeroot import root as store_root

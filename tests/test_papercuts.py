@@ -85,7 +85,7 @@ def test_demo_prints_commands_that_paste_back_into_a_shell():
 
 def test_expire_removes_emptied_directories_and_an_orphan_history(wk, tmp_path):
     from test_expire import CLUSTER, RETENTION, SEG, fake_archive
-    from walkeeper.stores.local import LocalStore
+    from walkeeper.stores.local_client import LocalStore
     from walkeeper.wal import Segment
 
     root = tmp_path / "a"
@@ -129,7 +129,7 @@ def test_recover_remarks_carry_the_walkeeper_prefix(wk, tmp_path):
 
     root = tmp_path / "a"
     fake_archive(root, range(1, 20), {"b": 10})
-    from walkeeper.stores.local import LocalStore
+    from walkeeper.stores.local_client import LocalStore
 
     LocalStore("x", str(root)).put_bytes(f"{CLUSTER}/wal/00000003.history.zst",
                                          b"1\t0/4000000\tstray\n")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import clean_env
+from conftest import clean_env, make_config
 from test_prefetch import archive, entries, recovery_dir, wait_cleaned, wait_for  # noqa: F401
 from test_readahead import make_ready, names, pg_wal, pusher_gone, records  # noqa: F401
 from storeroot import root as store_root
@@ -25,15 +25,28 @@ HEAVY = {"collections", "re", "tomllib", "enum", "json", "typing", "dataclasses"
          "cryptography", "paramiko", "psycopg", "click", "botocore", "boto3", "urllib3"}
 
 
+# walkeeper's own modules a served call does not need: the store drivers, the object
+# format, storing and finding objects (about 3 M instructions of a ~70 M call).
+STORE_PATH = ("walkeeper.format", "walkeeper.stores.base", "walkeeper.stores.local_client",
+              "walkeeper.stores.sftp_client", "walkeeper.stores.s3_client",
+              "walkeeper.archiving.wal_store", "walkeeper.archiving.transfer")
+
+
+def store_path_modules(mods: set[str]) -> list[str]:
+    return sorted(m for m in mods if m.startswith(STORE_PATH))
+
+
 def imports_of(*args: str, env: dict) -> set[str]:
-    """Top-level names of the modules `bin/walkeeper ARGS` imports."""
+    """Names of the modules `bin/walkeeper ARGS` imports: top-level names, and
+    walkeeper's own modules in full."""
     r = subprocess.run([sys.executable, "-S", "-X", "importtime", str(REPO / "bin" / "walkeeper"),
                         *args], env=clean_env({k: str(v) for k, v in env.items()}),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     lines = [x for x in r.stderr.splitlines() if x.startswith("import time:")]
     assert lines, r.stderr
-    return {x.rsplit("|", 1)[1].strip().split(".")[0] for x in lines[1:]}
+    full = {x.rsplit("|", 1)[1].strip() for x in lines[1:]}
+    return {m.split(".")[0] for m in full} | {m for m in full if m.startswith("walkeeper.")}
 
 
 def test_a_fetch_served_from_the_spool_imports_only_what_it_uses(wk, tmp_path, archive):
@@ -47,19 +60,29 @@ def test_a_fetch_served_from_the_spool_imports_only_what_it_uses(wk, tmp_path, a
     assert dest.read_bytes() == content[segs[1]]
     assert "walkeeper" in mods
     assert not mods & HEAVY, sorted(mods & HEAVY)
+    assert store_path_modules(mods) == []
     wait_cleaned(tmp_path)
 
 
-def test_a_push_read_ahead_already_did_imports_only_what_it_uses(wk, tmp_path, pg_wal):
-    env = {"BACKUP_DIR": store_root(tmp_path / "store"), "WALKEEPER_STATE_DIR": tmp_path / "state"}
+@pytest.mark.parametrize("configured", ["environment", "file"])
+def test_a_push_read_ahead_already_did_imports_only_what_it_uses(wk, tmp_path, pg_wal, configured):
+    if configured == "file":         # [[stores]] tables: the store types' declarations load
+        args = ("--config", str(make_config(tmp_path, cluster="default",
+                                            store=tmp_path / "store")))
+        env = {}
+    else:
+        args = ()
+        env = {"BACKUP_DIR": store_root(tmp_path / "store"),
+               "WALKEEPER_STATE_DIR": tmp_path / "state"}
     segs = names("000000010000000000000010", 3)
     make_ready(pg_wal, segs)
-    assert wk("push", pg_wal / segs[0], segs[0], env=env).returncode == 0
+    assert wk(*args, "push", pg_wal / segs[0], segs[0], env=env).returncode == 0
     pusher_gone(tmp_path)
     assert segs[1] in records(tmp_path)
-    mods = imports_of("push", str(pg_wal / segs[1]), segs[1], env=env)
+    mods = imports_of(*args, "push", str(pg_wal / segs[1]), segs[1], env=env)
     assert segs[1] not in records(tmp_path)      # the record was used
     assert not mods & HEAVY, sorted(mods & HEAVY)
+    assert store_path_modules(mods) == []
 
 
 @pytest.mark.slow
