@@ -7,8 +7,7 @@ the fast paths of push and fetch ~5 ms of their ~20); the rarer parsers (LSNs,
 history files) import `re` when first called.
 """
 
-import struct
-
+from walkeeper.errors import UsageError
 from walkeeper.record import record
 
 MIN_SEGMENT_SIZE = 1 << 20
@@ -175,6 +174,15 @@ def parse_wal_name(name: str) -> WalName:
                    int(offset, 16) if offset is not None else None)
 
 
+def wal_name_argument(name: str) -> WalName:
+    """parse_wal_name for a name PostgreSQL or an operator passed to push or fetch: a
+    bad one is a usage error (exit 2) naming it."""
+    try:
+        return parse_wal_name(name)
+    except ValueError as exc:
+        raise UsageError(f"{name!r} is not a WAL file name: {exc}") from None
+
+
 def _split_wal_name(name: str, digits: frozenset = _UPPER_HEX):
     """(kind, hex head, backup offset or None) for an exact WAL file name, else None:
     24 uppercase hex digits, optionally `.partial` or `.XXXXXXXX.backup`, or 8
@@ -265,7 +273,11 @@ WAL_PAGE_MAGIC = {
 }
 
 LONG_PAGE_HEADER_SIZE = 40
-_LONG_HEADER = struct.Struct("<HHIQI4xQII")
+# XLogLongPageHeaderData, little-endian: magic u16, info u16, timeline u32, pageaddr
+# u64, rem_len u32, 4 bytes of padding, system identifier u64, segment size u32, block
+# size u32 (struct "<HHIQI4xQII"; read with int.from_bytes, so that the fast paths,
+# which check one header, do not import struct).
+_LONG_HEADER_FIELDS = ((0, 2), (2, 4), (4, 8), (8, 16), (16, 20), (24, 32), (32, 36), (36, 40))
 
 
 PageHeader = record("PageHeader", "magic info timeline pageaddr rem_len system_identifier "
@@ -275,7 +287,8 @@ PageHeader = record("PageHeader", "magic info timeline pageaddr rem_len system_i
 def parse_long_page_header(buf: bytes) -> PageHeader:
     if len(buf) < LONG_PAGE_HEADER_SIZE:
         raise ValueError(f"WAL page header truncated: {len(buf)} bytes, need {LONG_PAGE_HEADER_SIZE}")
-    header = PageHeader(*_LONG_HEADER.unpack_from(buf))
+    head = bytes(buf[:LONG_PAGE_HEADER_SIZE])
+    header = PageHeader(*[int.from_bytes(head[a:b], "little") for a, b in _LONG_HEADER_FIELDS])
     if not header.info & XLP_LONG_HEADER:
         raise ValueError(f"first WAL page lacks the long header flag (xlp_info={header.info:#06x})")
     return header

@@ -17,7 +17,7 @@ from walkeeper.errors import (ArchiveUnreadable, CorruptObject, MisplacedObject,
 # spool) must start and exit within ~2x `python -c pass`: the modules that only the
 # store paths need (layout, objects, transfer, stores, state, json) are imported in
 # the functions that use them.
-from walkeeper.wal import WalKind, WalName, parse_wal_name
+from walkeeper.wal import WalKind, WalName, wal_name_argument
 
 
 
@@ -77,10 +77,7 @@ def fetch(config: Config, wal_name: str, dest: str, only=None) -> str:
     """Bring WAL_NAME back to DEST from the first store with a good copy; only: the
     names of the stores to try (default: every configured store)."""
     restrict(config, only)
-    try:
-        wal = parse_wal_name(wal_name)
-    except ValueError as exc:
-        raise UsageError(f"{wal_name!r} is not a WAL file name: {exc}") from None
+    wal = wal_name_argument(wal_name)
     dest = os.path.abspath(dest)
     if not os.path.isdir(os.path.dirname(dest)):
         raise UsageError(f"{os.path.dirname(dest)}: no such directory")

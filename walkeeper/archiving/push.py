@@ -17,8 +17,7 @@ from walkeeper.config import Config
 # spool) must start and exit within ~2x `python -c pass`: the modules that only the
 # store paths need (layout, objects, transfer, stores, state, json) are imported in
 # the functions that use them.
-from walkeeper.wal import (WalKind, WalName)
-from walkeeper.archiving.wal_store import parse_name, push_path, seal_for
+from walkeeper.wal import WalKind, WalName, wal_name_argument
 
 
 
@@ -28,7 +27,7 @@ def push(config: Config, wal_path: str, wal_name: str) -> list[str]:
     A segment inside pg_wal gets a background pusher storing the other ready segments
     (read-ahead, see claims.py); a segment that it already stored returns at once.
     """
-    wal = parse_name(wal_name)
+    wal = wal_name_argument(wal_name)
     if wal.kind is not WalKind.SEGMENT:
         return _push_alone(config, wal_path, wal)
     from walkeeper.archiving import claims
@@ -54,6 +53,7 @@ def _push_alone(config: Config, wal_path: str, wal: WalName,
 def _push_file(config: Config, wal_path: str, wal: WalName, zstd_threads: int = 2):
     """_push_path with this process's own store connections; records the success."""
     from walkeeper import state
+    from walkeeper.archiving.wal_store import push_path, seal_for
     from walkeeper.stores import open_stores
 
     stores = open_stores(config)

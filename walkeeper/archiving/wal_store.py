@@ -22,13 +22,6 @@ from walkeeper.wal import (LONG_PAGE_HEADER_SIZE, WalKind, WalName, check_segmen
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)
 
 
-def parse_name(name: str) -> WalName:
-    try:
-        return parse_wal_name(name)
-    except ValueError as exc:
-        raise UsageError(f"{name!r} is not a WAL file name: {exc}") from None
-
-
 # trailer None: the stored copy is damaged
 Existing = record("Existing", "key trailer")
 
