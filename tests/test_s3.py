@@ -267,6 +267,71 @@ def test_cluster_archives_to_local_and_s3_and_recovers_from_s3_alone(pg, rgw, bu
 
 
 @pytest.mark.slow
+def test_sync_moves_a_local_archive_to_s3_and_recovery_from_s3_alone_works(pg, rgw, bucket,
+                                                                            tmp_path):
+    """The road past one machine: an archive built in a local store only (backup, WAL,
+    a dump), copied to S3 by `sync`, then the local store gone: S3 alone verifies and
+    recovers to a point in time."""
+    from test_recover import archive_all, mark, wait_recovered
+
+    env = rgw.credentials_env()
+    local = tmp_path / "local-store"
+    local_toml = f'[[stores]]\nname = "local"\ntype = "local"\npath = "{store_root(local)}"\n'
+    cluster = pg.new()
+    one = config(tmp_path, local_toml, conninfo=cluster.conninfo, name="local.toml")
+    cluster.conf(archive_mode="on", archive_command=f"{WALKEEPER} --config {one} push %p %f")
+    cluster.restart()
+    assert run_wk("--config", one, "basebackup", "--no-progress").returncode == 0
+    cluster.execute("CREATE TABLE t (n int)")
+    cluster.execute("INSERT INTO t SELECT generate_series(1, 700)")
+    target = mark(cluster)
+    cluster.execute("DROP TABLE t")
+    archive_all(cluster)
+    assert run_wk("--config", one, "dump").returncode == 0
+    archive_all(cluster)
+    cluster.stop()
+    assert not rgw.keys(bucket)
+
+    both = config(tmp_path, local_toml + rgw.store_toml(bucket, prefix="moved/"),
+                  conninfo=cluster.conninfo, name="both.toml")
+    r = run_wk("--config", both, "sync", "--to", "objects", "--json", env=env,
+               secrets=env.values(), timeout=300)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["ok"] and result["copied"] and {c["to"] for c in result["copied"]} == {"objects"}
+    # every stored object (not the stores' own markers and probes) is in S3 now
+    stored = {str(p.relative_to(local)) for p in local.rglob("*")
+              if p.is_file() and not str(p.relative_to(local)).startswith(".walkeeper/")}
+    copied = {k.removeprefix("moved/") for k in rgw.keys(bucket)
+              if not k.startswith("moved/.walkeeper/")}
+    assert copied == stored, "sync left objects behind"
+    r = run_wk("--config", both, "verify-chain", "--json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["ok"], r.stdout + r.stderr
+
+    shutil.rmtree(local)
+    only_s3 = config(tmp_path, rgw.store_toml(bucket, prefix="moved/"),
+                     conninfo=cluster.conninfo, name="s3-only.toml")
+    r = run_wk("--config", only_s3, "verify-chain", "--json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["ok"], r.stdout + r.stderr
+    listed = json.loads(run_wk("--config", only_s3, "list", "--json", env=env).stdout)
+    assert len(listed["backups"]) == 1 and len(listed["dumps"]) == 1
+    dest = tmp_path / "restored"
+    r = run_wk("--config", only_s3, "recover", "--pgdata", dest, "--target-time", target,
+               "--target-action", "promote", env=env, secrets=env.values())
+    assert r.returncode == 0, r.stderr
+    os.environ.update(env)          # the restored server's restore_command reads the keys
+    try:
+        c = pg.from_pgdata(dest, archive_mode="off")
+        c.start()
+        wait_recovered(c)
+        assert c.sql("SELECT count(*), min(n), max(n) FROM t") == [(700, 1, 700)]
+        c.stop()
+    finally:
+        for k in env:
+            os.environ.pop(k, None)
+
+
+@pytest.mark.slow
 def test_two_concurrent_pushes_of_different_content_one_wins(rgw, bucket, tmp_path):
     env = rgw.credentials_env()
     cfg = config(tmp_path, rgw.store_toml(bucket), extra="[fetch]\nprefetch = 0\n")
