@@ -22,6 +22,28 @@ UNSAFE_KEYS = ["../x", "a/../../x", "/abs", "a//b", "", "..", ".", "a/./b", "a/"
                "../../../../etc/passwd", "a\\..\\b", "a\nb"]
 
 
+def assert_unsafe_key_refused(store, key: str) -> None:
+    """Every store operation on KEY raises a plain StoreError: refused, not "absent" or
+    "taken" (fetch must not read a refusal as the end of the archive)."""
+    import pytest
+
+    from walkeeper.errors import StoreError
+
+    operations = [
+        lambda: store.begin_put(key),
+        lambda: store.put_bytes(key, b"x"),
+        lambda: store.open(key),
+        lambda: store.read_tail(key, 10),
+        lambda: store.exists(key),
+        lambda: store.list(key),
+        lambda: store.delete(key),
+    ]
+    for op in operations:
+        with pytest.raises(StoreError) as info:
+            op()
+        assert type(info.value) is StoreError, repr(info.value)
+
+
 def payload(n: int, seed: int = 0) -> bytes:
     out = bytearray()
     i = 0

@@ -82,6 +82,27 @@ def config(tmp_path: Path, stores: str, *, cluster: str = "s3c", conninfo: str |
     return path
 
 
+def recovered_rows(pg, cfg: Path, env: dict, dest: Path, target: str, query: str) -> list:
+    """`recover` to TARGET with CFG's stores, start the copy (its restore_command reads
+    the S3 keys from the server's environment), and QUERY's rows once it promoted."""
+    from test_recover import wait_recovered
+
+    r = run_wk("--config", cfg, "recover", "--pgdata", dest, "--target-time", target,
+               "--target-action", "promote", env=env, secrets=env.values())
+    assert r.returncode == 0, r.stderr
+    os.environ.update(env)
+    try:
+        c = pg.from_pgdata(dest, archive_mode="off")
+        c.start()
+        wait_recovered(c)
+        rows = c.sql(query)
+        c.stop()
+        return rows
+    finally:
+        for k in env:
+            os.environ.pop(k, None)
+
+
 def wal_key(cluster: str, name: str, suffix: str = ".zst") -> str:
     return f"{cluster}/wal/{name[:16]}/{name}{suffix}"
 
@@ -210,7 +231,7 @@ def test_expire_aborts_stale_uploads(rgw, bucket, tmp_path):
 @pytest.mark.slow
 def test_cluster_archives_to_local_and_s3_and_recovers_from_s3_alone(pg, rgw, bucket,
                                                                        tmp_path):
-    from test_recover import mark, wait_recovered
+    from test_recover import mark
 
     env = rgw.credentials_env()
     local = tmp_path / "local-store"
@@ -249,21 +270,9 @@ def test_cluster_archives_to_local_and_s3_and_recovers_from_s3_alone(pg, rgw, bu
     listed = json.loads(run_wk("--config", only_s3, "list", "--json", env=env).stdout)
     assert len(listed["backups"]) == 1 and listed["backups"][0]["stored_bytes"]["objects"] > 0
     assert len(listed["dumps"]) == 1
-    dest = tmp_path / "restored"
-    r = run_wk("--config", only_s3, "recover", "--pgdata", dest, "--target-time", target,
-               "--target-action", "promote", env=env, secrets=env.values())
-    assert r.returncode == 0, r.stderr
-    os.environ.update(env)          # the restored server's restore_command reads the keys
-    try:
-        c = pg.from_pgdata(dest, archive_mode="off")
-        c.start()
-        wait_recovered(c)
-        assert c.sql("SELECT count(*), min(n), max(n), sum(n) FROM t") == \
-            [(1000, 1, 1000, 500500)]
-        c.stop()
-    finally:
-        for k in env:
-            os.environ.pop(k, None)
+    assert recovered_rows(pg, only_s3, env, tmp_path / "restored", target,
+                          "SELECT count(*), min(n), max(n), sum(n) FROM t") == \
+        [(1000, 1, 1000, 500500)]
 
 
 @pytest.mark.slow
@@ -272,7 +281,7 @@ def test_sync_moves_a_local_archive_to_s3_and_recovery_from_s3_alone_works(pg, r
     """The road past one machine: an archive built in a local store only (backup, WAL,
     a dump), copied to S3 by `sync`, then the local store gone: S3 alone verifies and
     recovers to a point in time."""
-    from test_recover import archive_all, mark, wait_recovered
+    from test_recover import archive_all, mark
 
     env = rgw.credentials_env()
     local = tmp_path / "local-store"
@@ -315,20 +324,8 @@ def test_sync_moves_a_local_archive_to_s3_and_recovery_from_s3_alone_works(pg, r
     assert r.returncode == 0 and json.loads(r.stdout)["ok"], r.stdout + r.stderr
     listed = json.loads(run_wk("--config", only_s3, "list", "--json", env=env).stdout)
     assert len(listed["backups"]) == 1 and len(listed["dumps"]) == 1
-    dest = tmp_path / "restored"
-    r = run_wk("--config", only_s3, "recover", "--pgdata", dest, "--target-time", target,
-               "--target-action", "promote", env=env, secrets=env.values())
-    assert r.returncode == 0, r.stderr
-    os.environ.update(env)          # the restored server's restore_command reads the keys
-    try:
-        c = pg.from_pgdata(dest, archive_mode="off")
-        c.start()
-        wait_recovered(c)
-        assert c.sql("SELECT count(*), min(n), max(n) FROM t") == [(700, 1, 700)]
-        c.stop()
-    finally:
-        for k in env:
-            os.environ.pop(k, None)
+    assert recovered_rows(pg, only_s3, env, tmp_path / "restored", target,
+                          "SELECT count(*), min(n), max(n) FROM t") == [(700, 1, 700)]
 
 
 @pytest.mark.slow

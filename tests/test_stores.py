@@ -24,6 +24,7 @@ from walkeeper.stores import open_store
 
 from conftest import need
 from storecontract import (CLUSTER, DIR, HISTORY_KEY, KEY, KEY2, MiB, UNSAFE_KEYS,  # noqa: F401
+                           assert_unsafe_key_refused,
                            payload, read_all, run_bounded)
 
 pytestmark = pytest.mark.slow
@@ -177,20 +178,7 @@ def test_unsafe_keys_are_refused_before_touching_anything(backend, key):
     before = disk_tree(backend.root)
     try:
         for store in stores:
-            operations = [
-                lambda: store.begin_put(key),
-                lambda: store.put_bytes(key, b"x"),
-                lambda: store.open(key),
-                lambda: store.read_tail(key, 10),
-                lambda: store.exists(key),
-                lambda: store.list(key),
-                lambda: store.delete(key),
-            ]
-            for op in operations:
-                with pytest.raises(StoreError) as info:
-                    op()
-                # Refused, not "absent" or "taken": fetch must not read it as end of archive.
-                assert type(info.value) is StoreError, repr(info.value)
+            assert_unsafe_key_refused(store, key)
         assert disk_tree(backend.root) == before
         assert not (backend.root.parent / "x").exists()
         if listener is not None:
