@@ -18,6 +18,7 @@ work = Path(tempfile.mkdtemp(prefix="ab-", dir="/tmp"))
 env0 = {k: v for k, v in os.environ.items() if not k.startswith("WALKEEPER_")}
 def cfg(v):
     p = work / f"{v}.toml"
+    (work / f"store-{v}").mkdir(mode=0o700)   # as `walkeeper check` makes it
     p.write_text(f'cluster = "ab"\nstate_dir = "{work}/state-{v}"\n[fetch]\nprefetch = 0\n'
                  f'[[stores]]\nname = "l"\ntype = "local"\npath = "{work}/store-{v}"\n')
     return p

@@ -207,6 +207,7 @@ class Cluster:
         for p in (self.pgdata, self.store, self.work / "state"):
             shutil.rmtree(p, ignore_errors=True)
         self.work.mkdir(parents=True, exist_ok=True)
+        self.store.mkdir(mode=0o700)    # as `walkeeper check` makes it: writes never create it
         sockdir = f"/tmp/wkbr-{os.getuid()}"       # short: socket path limit
         os.makedirs(sockdir, exist_ok=True)
         self.meta_path.write_text(json.dumps({"port": free_port(), "socket_dir": sockdir,

@@ -43,6 +43,7 @@ def log(msg: str) -> None:
 
 def write_config(root: Path, mode: str) -> tuple[Path, dict]:
     store = root / "store"
+    store.mkdir(mode=0o700, parents=True, exist_ok=True)   # as `walkeeper check` makes it
     state = root / "state"
     lines = ['cluster = "bench"', f'state_dir = "{state}"', "",
              "[push]", "parallel = 1", "", "[fetch]", "prefetch = 0", "",

@@ -190,6 +190,7 @@ min_wal_size = {2 * seg_mb}MB
 # ------------------------------------------------------------------ the runs
 
 def config(path: Path, store: Path, state: Path, extra: str = "") -> Path:
+    store.mkdir(mode=0o700, parents=True, exist_ok=True)   # as `walkeeper check` makes it
     path.write_text(f'''cluster = "{CLUSTER}"
 state_dir = "{state}"
 [compression]

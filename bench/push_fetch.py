@@ -229,12 +229,17 @@ def push_tools(a, work: Path, env: dict[str, str]) -> dict:
                             "archive-push", str(pg_wal / s.name)], None),
                           (lambda: mark_done(pg_wal, s.name), None)]
 
+    def store_root(d: Path) -> str:
+        # As `walkeeper check` leaves it on first-time setup: push never creates it.
+        (d / "store").mkdir(mode=0o700, parents=True, exist_ok=True)
+        return str(d / "store")
+
     def walk(d: Path):
-        e = {**env, "BACKUP_DIR": str(d / "store"), "WALKEEPER_STATE_DIR": str(d / "state")}
+        e = {**env, "BACKUP_DIR": store_root(d), "WALKEEPER_STATE_DIR": str(d / "state")}
         return lambda s: [([*wk, "push", str(s), s.name], e)]
 
     def walk_readahead(d: Path):
-        e = {**env, "BACKUP_DIR": str(d / "store"), "WALKEEPER_STATE_DIR": str(d / "state")}
+        e = {**env, "BACKUP_DIR": store_root(d), "WALKEEPER_STATE_DIR": str(d / "state")}
         pg_wal = backlog(d, a.segs)
         return lambda s: [([*wk, "push", str(pg_wal / s.name), s.name], e),
                           (lambda: mark_done(pg_wal, s.name), None)]
@@ -413,6 +418,7 @@ def startup(a, segs: list[Path], work: Path, env: dict[str, str]) -> dict:
     d.mkdir()
     seg = segs[0]
     store, state = d / "store", d / "state"
+    store.mkdir(mode=0o700)      # as `walkeeper check` leaves it: push never creates it
     wenv = {**env, "BACKUP_DIR": str(store), "WALKEEPER_STATE_DIR": str(state)}
     missing = "00000001" + "000000FF" + "000000FE"   # a valid name no run ever stores
     cmds = {

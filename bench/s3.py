@@ -169,6 +169,7 @@ def main() -> int:
                                       "last_segment_identical": ok}
             log(f"{label}: {dt:.1f} s, {len(segs) / dt:.2f} seg/s")
 
+        (work / "store").mkdir(mode=0o700, exist_ok=True)   # as `walkeeper check` makes it
         local = push_row("local push (read-ahead)",
                          f'[[stores]]\nname = "local"\ntype = "local"\npath = "{work / "store"}"\n')
         c.create_bucket(Bucket="bench-a")

@@ -117,6 +117,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="wk-verify-bench-", dir="/tmp"))
     try:
         store = work / "store"
+        store.mkdir(mode=0o700)     # as `walkeeper check` makes it: push never creates it
         cfg = work / "walkeeper.toml"
         cfg.write_text(f'cluster = "bench"\nstate_dir = "{work / "state"}"\n'
                        f'[compression]\nalgorithm = "{args.codec}"\nlevel = 3\n'
