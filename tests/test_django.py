@@ -510,6 +510,30 @@ def test_create_backup_base_takes_a_walkeeper_base_backup(dj, pg, wk, tmp_path):
 
 
 @pytest.mark.slow
+def test_manage_py_drill_restores_the_newest_base_backup(dj, pg, wk, tmp_path):
+    """manage.py drill is `walkeeper drill`: the newest base backup restored into a
+    scratch cluster, the archive replayed, every database checked, the copy removed."""
+    from test_backup import archiving_cluster
+
+    cluster, cfg_path = archiving_cluster(pg, wk, tmp_path)
+    cluster.execute("CREATE TABLE garage (n int)")
+    cluster.execute("INSERT INTO garage SELECT generate_series(1, 500)")
+    r = wk("--config", cfg_path, "basebackup", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    cluster.execute("INSERT INTO garage SELECT generate_series(501, 900)")
+    cluster.wait_archived(cluster.switch_wal())
+    store = tmp_path / "local"
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    with override_settings(WALKEEPER_CONFIG=str(cfg_path), WALKEEPER=None, BACKUP_DIR=None):
+        doc = json.loads(run_command("drill", as_json=True))
+    assert doc["ok"] is True, doc
+    record = json.loads((tmp_path / "state" / "last_drill.json").read_text())
+    assert record["ok"] is True and "postgres" in record["databases"]
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == before  # nothing written
+    cluster.stop()
+
+
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
 def test_a_failed_backup_sends_backup_failed(dj, site, pg, tmp_path):
     """The database is down: exit 1, one line, the signal, and a recorded failure."""
