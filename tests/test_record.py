@@ -29,7 +29,8 @@ def test_construction_matches_namedtuple(args, kwargs):
 
 
 @pytest.mark.parametrize("args,kwargs", [((), {}), ((1,), {}), ((1, 2, 3, 4), {}),
-                                         ((1, 2), {"a": 1}), ((1, 2), {"d": 1})])
+                                         ((1, 2), {"a": 1}), ((1, 2), {"d": 1}),
+                                         ((), {"b": 2, "c": 1}), ((1,), {"c": 1})])
 def test_bad_construction_is_a_type_error_as_with_namedtuple(args, kwargs):
     with pytest.raises(TypeError):
         Ref(*args, **kwargs)
