@@ -78,7 +78,7 @@ run_as() {
 ensure_venv() {
     local venv="$1" extras="$2" want stamp
     [[ -x "$PY" ]] || die "$PY not found (apt-get install python3 python3-venv)"
-    want="$( { cat pyproject.toml; pwd; echo "$extras"; "$PY" --version; } | sha256sum | cut -d' ' -f1)"
+    want="$( { cat pyproject.toml bin/walkeeper bin/walkeeper-fast; pwd; echo "$extras"; "$PY" --version; } | sha256sum | cut -d' ' -f1)"
     stamp="$venv/.walkeeper-install-stamp"
     if [[ ! -x "$venv/bin/python" ]]; then
         say "creating venv $venv"

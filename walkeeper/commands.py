@@ -110,6 +110,12 @@ def drill(config, keep: bool = False) -> dict:
     return drilling.run_drill(config, keep)
 
 
+def postgres_commands(config) -> dict:
+    from walkeeper.archiving import hooks
+
+    return hooks.commands(config)
+
+
 def status(config) -> dict:
     from walkeeper.reports import status as reporting
 

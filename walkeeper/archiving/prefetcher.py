@@ -194,15 +194,22 @@ class Prefetcher:
         self.idle = config["fetch.prefetch_idle"]
         self.boot = boot_tag()
 
-    def _wanted(self) -> tuple[Segment, int, float] | None:
+    def _wanted(self, last=None):
+        """(segment, size, change key) of the newest request; None once .wanted is
+        gone. walkeeper fetch replaces the file whole; walkeeper-fast rewrites it in
+        place, so a line caught half-written means the last request still stands."""
         path = os.path.join(self.dir, WANTED)
         try:
             with open(path) as f:
-                name, size = f.read().split()
+                text = f.read()
             st = os.stat(path)
-            return Segment.parse(name), int(size), (name, st.st_ino, st.st_mtime_ns)
-        except (OSError, ValueError):
+        except OSError:
             return None
+        try:
+            name, size = text.split()
+            return Segment.parse(name), int(size), (name, st.st_ino, st.st_mtime_ns)
+        except ValueError:
+            return last
 
     def _clean(self, current: Segment | None, keep: set[str], everything: bool = False) -> int:
         """Drop entries already passed, stale ones, those of an earlier boot and orphaned
@@ -259,7 +266,17 @@ class Prefetcher:
             return identities[store.name]
 
         def fetch(name: str, tmp: str) -> str:
-            """'ok', 'missing' (every store said absent) or 'error'."""
+            """'ok', 'missing' (every store said absent) or 'error'; the temporary is
+            gone unless renamed to the entry."""
+            result = "error"
+            try:
+                result = fetch_into(name, tmp)
+            finally:
+                if result != "ok":
+                    _unlink(os.path.join(self.dir, tmp))
+            return result
+
+        def fetch_into(name: str, tmp: str) -> str:
             buffer = getattr(local, "buffer", None)
             if buffer is None:
                 buffer = local.buffer = bytearray(_COPY_CHUNK)
@@ -279,7 +296,6 @@ class Prefetcher:
                     absent += 1
                 except (StoreError, CorruptObject, OSError) as exc:
                     log.debug(f"prefetch {name} from {store.name}: {exc}")
-                    _unlink(tmp)
             return "missing" if absent == len(all_stores) else "error"
 
         inflight: dict[str, tuple] = {}       # name -> (future, temp file name)
@@ -292,8 +308,9 @@ class Prefetcher:
         workers = max(1, min(os.cpu_count() or 2, self.depth))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             try:
+                w = None
                 while True:
-                    w = self._wanted()
+                    w = self._wanted(w)
                     if w is None:
                         break
                     current, seg_size, mtime = w
@@ -325,6 +342,14 @@ class Prefetcher:
                         if spooled + (len(inflight) + 1) * seg_size > self.max_bytes:
                             break
                         tmp = f".{nxt.name}.tmp-{os.urandom(4).hex()}"
+                        # The temporary exists from now on, not from when a worker
+                        # starts on it: a fetch asking for the segment meanwhile waits
+                        # for this one rather than decoding it a second time.
+                        try:
+                            os.close(os.open(os.path.join(self.dir, tmp),
+                                             os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                        except OSError:
+                            break
                         inflight[nxt.name] = (pool.submit(fetch, nxt.name, tmp), tmp)
                     if not inflight and time.monotonic() - last_change > self.idle:
                         break
@@ -349,7 +374,7 @@ class Prefetcher:
         reader = store.open(key)
         path = os.path.join(self.dir, tmp)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb", buffering=0) as f:
                 # Decoded into this worker's buffer. The last readinto raises
                 # CorruptObject unless the object verifies; the zstd frame's XXH64

@@ -23,6 +23,7 @@ import tempfile
 import time
 
 from walkeeper import log, pg, state
+from walkeeper.archiving import hooks
 from walkeeper.config import Config
 from walkeeper.errors import ConfigError, OperationFailed, StoreError, WalkeeperError
 from walkeeper.catalog.planner import Target
@@ -161,9 +162,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-
 
 def _configure(server: _Server) -> None:
     """Settings appended last win over what the backup brought along."""
@@ -191,7 +189,7 @@ def _configure(server: _Server) -> None:
     }
     with open(os.path.join(pgdata, "postgresql.auto.conf"), "a") as f:
         f.write("# walkeeper drill: a private, non-archiving copy\n")
-        f.writelines(f"{k} = {_quote(v)}\n" for k, v in settings.items())
+        f.writelines(f"{k} = {hooks.conf_value(v)}\n" for k, v in settings.items())
 
 
 class _Server:

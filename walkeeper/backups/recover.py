@@ -9,13 +9,12 @@ restore_command (walkeeper fetch) when the operator starts it.
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
-import sys
 import tarfile
 from dataclasses import dataclass
 
 from walkeeper import log
+from walkeeper.archiving import hooks
 from walkeeper.config import Config
 from walkeeper.errors import (CorruptObject, MisplacedObject, ObjectNotFound, OperationFailed,
                               StoreError, UsageError)
@@ -229,47 +228,10 @@ def _empty(pgdata: str) -> None:
             os.unlink(p)
 
 
-def _walkeeper_command(config: Config) -> tuple[list[str], list[str]]:
-    """(environment assignments, argv) that run this very walkeeper with the same
-    configuration, for PostgreSQL to call."""
-    exe = os.path.abspath(sys.argv[0])
-    cmd = [exe] if os.path.basename(exe) == "walkeeper" and os.access(exe, os.X_OK) \
-        else [sys.executable, "-m", "walkeeper"]
-    prefix = []
-    if config.path is not None:
-        cmd += ["--config", str(config.path)]
-    else:
-        # Environment-only configuration: carry the non-secret variables along;
-        # secrets must come from the server's own environment.
-        from walkeeper.config import ENV_STORE_VARIABLES
-
-        for var in ENV_STORE_VARIABLES + ("WALKEEPER_CLUSTER", "WALKEEPER_STATE_DIR"):
-            if os.environ.get(var):
-                prefix.append(f"{var}={shlex.quote(os.environ[var])}")
-    return prefix, cmd
-
-
-def restore_command(config: Config, only: list[str] | None = None) -> str:
-    """A restore_command that calls this very walkeeper with the same configuration;
-    only: the stores it may fetch from (`fetch --store NAME` each), None: every store."""
-    prefix, cmd = _walkeeper_command(config)
-    stores = [a for n in (only or ()) for a in ("--store", n)]
-    return " ".join(prefix + [shlex.quote(c) for c in cmd + ["fetch"] + stores]
-                    + ["%f", "%p"])
-
-
-def archive_command(config: Config) -> str:
-    prefix, cmd = _walkeeper_command(config)
-    return " ".join(prefix + [shlex.quote(c) for c in cmd] + ["push", "%p", "%f"])
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-
 
 def recovery_settings(config: Config, plan, options: RecoveryOptions,
                       only: list[str] | None = None) -> list[tuple[str, str]]:
-    settings = [("restore_command", restore_command(config, only))]
+    settings = [("restore_command", hooks.restore_command(config, only))]
     target = plan.target.setting()
     if target is not None:
         settings.append(target)
@@ -289,7 +251,7 @@ def server_settings(config: Config, options: RecoveryOptions) -> list[tuple[str,
     if options.port is not None:
         out.append(("port", str(options.port)))
     if options.archive:
-        out += [("archive_mode", "on"), ("archive_command", archive_command(config))]
+        out += [("archive_mode", "on"), ("archive_command", hooks.archive_command(config))]
     else:
         # archive_command too: an operator who turns archive_mode back on must not
         # find the source's command, pushing into the source's archive.
@@ -299,7 +261,7 @@ def server_settings(config: Config, options: RecoveryOptions) -> list[tuple[str,
 
 def write_recovery_settings(pgdata: str, pg_version: int, settings: list[tuple[str, str]],
                             server: list[tuple[str, str]] = ()) -> None:
-    lines = [f"{k} = {_quote(v)}\n" for k, v in settings]
+    lines = [f"{k} = {hooks.conf_value(v)}\n" for k, v in settings]
     header = "# Recovery settings written by walkeeper recover\n"
     replaced = {k for k, _ in server}
     if pg_version and pg_version < 120000:
@@ -309,7 +271,7 @@ def write_recovery_settings(pgdata: str, pg_version: int, settings: list[tuple[s
         replaced_keys = replaced
     else:
         replaced_keys = replaced | set(RECOVERY_KEYS)
-    lines += [f"{k} = {_quote(v)}\n" for k, v in server]
+    lines += [f"{k} = {hooks.conf_value(v)}\n" for k, v in server]
     auto = os.path.join(pgdata, "postgresql.auto.conf")
     kept = []
     if os.path.exists(auto):
@@ -431,7 +393,7 @@ def recover(config: Config, pgdata: str, target, options: RecoveryOptions,
     only = read if failed else None
     plan.stores, plan.skipped_stores = list(read), dict(failed)
     if failed:
-        plan.widen_command = restore_command(config)
+        plan.widen_command = hooks.restore_command(config)
     archive_on = replaces_cluster(config, pgdata) if options.archive is None else options.archive
     plan.port, plan.archive = options.port, archive_on
     warning = newer_timeline_warning(config, archive)

@@ -235,6 +235,14 @@ def status(as_json, prometheus, html_file):
     _execute("status", work)
 
 
+@cli.command("commands")
+@JSON
+def commands_(as_json):
+    """archive_command and restore_command for postgresql.conf, for this configuration."""
+    _execute("commands", lambda cfg: _write("commands", commands.postgres_commands(cfg),
+                                            "json" if as_json else "text"))
+
+
 @cli.command()
 @click.option("--timeout", type=float, default=60.0, show_default=True, metavar="SECONDS",
               help="How long to wait for the switched WAL segment to reach every store.")

@@ -240,7 +240,8 @@ def _archive_mode(s: dict) -> Check:
 def _archive_command(s: dict) -> Check:
     cmd = s["archive_command"]
     fix = ("set archive_command = 'walkeeper --config /etc/walkeeper/walkeeper.toml push %p %f' "
-           "in postgresql.conf and reload PostgreSQL")
+           "(or the faster line `walkeeper commands` prints) in postgresql.conf and reload "
+           "PostgreSQL")
     if s["archive_library"]:
         return Check("archive_command", False, f"archive_library = {s['archive_library']!r} is "
                                                f"set, so archive_command is not used",

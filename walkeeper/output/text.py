@@ -308,6 +308,17 @@ def drill(result: dict) -> str:
     return text
 
 
-TEXT = {"status": status, "list": list_, "verify-chain": verify_chain, "check": check,
+def commands(result: dict) -> str:
+    from walkeeper.archiving.hooks import conf_value
+
+    text = "".join(f"{k} = {conf_value(result[k])}\n"
+                   for k in ("archive_command", "restore_command"))
+    if result["walkeeper_fast"] is None:
+        text += ("# walkeeper-fast is not installed beside this walkeeper: every call "
+                 "starts Python\n")
+    return text
+
+
+TEXT = {"commands": commands, "status": status, "list": list_, "verify-chain": verify_chain, "check": check,
         "basebackup": basebackup, "recover": recover, "dump": dump,
         "restore-dump": restore_dump, "expire": expire, "drill": drill, "sync": sync}
