@@ -244,6 +244,16 @@ def push_tools(a, work: Path, env: dict[str, str]) -> dict:
         return lambda s: [([*wk, "push", str(pg_wal / s.name), s.name], e),
                           (lambda: mark_done(pg_wal, s.name), None)]
 
+    def walk_fast_line(d: Path):
+        # The archive_command `walkeeper commands` prints, run as PostgreSQL runs it
+        # (sh -c): walkeeper-fast acknowledges what the background pusher stored.
+        e = {**env, "BACKUP_DIR": store_root(d), "WALKEEPER_STATE_DIR": str(d / "state")}
+        pg_wal = backlog(d, a.segs)
+        line = postgres_line(wk, e, [], "archive_command")
+        return lambda s: [(["sh", "-c", line.replace("%p", shlex.quote(str(pg_wal / s.name)))
+                            .replace("%f", s.name)], e),
+                          (lambda: mark_done(pg_wal, s.name), None)]
+
     def zstd3_pairs(d: Path):
         # Two zstd processes at a time (2 cores): the issue's "two parallel zstd -3".
         index = {seg.name: i for i, seg in enumerate(a.segs)}
@@ -270,7 +280,25 @@ def push_tools(a, work: Path, env: dict[str, str]) -> dict:
         tools["pgbackrest async push"] = pgbr_async
     tools["walkeeper push"] = walk
     tools["walkeeper push (read-ahead)"] = walk_readahead
+    tools[FAST_PUSH] = walk_fast_line
     return tools
+
+
+FAST_PUSH = "walkeeper push (fast line)"
+FAST_FETCH = "walkeeper fetch (fast line)"
+
+
+def postgres_line(wk: list[str], env: dict[str, str], args: list[str], key: str) -> str:
+    """Untimed: archive_command or restore_command as `walkeeper commands` prints it;
+    it must start with walkeeper-fast."""
+    r = subprocess.run([*wk, *args, "commands", "--json"], env=env, capture_output=True,
+                       text=True)
+    if r.returncode:
+        raise Failed(f"walkeeper commands: {r.stderr.strip()}")
+    out = json.loads(r.stdout)
+    if not out["fast_push" if key == "archive_command" else "fast_fetch"]:
+        raise Failed(f"walkeeper commands: no walkeeper-fast in {out[key]!r}")
+    return out[key]
 
 
 def backlog(d: Path, segs: list[Path]) -> Path:
@@ -336,14 +364,19 @@ def fetch_steps(name: str, a, src: Path, dest: Path, env: dict[str, str]):
         conf.write_text(text)
         return lambda s: [([a.pgbackrest, f"--config={conf}", f"--stanza={STANZA}",
                             "archive-get", s.name, str(dest / s.name)], None)]
-    if name in ("walkeeper fetch", "walkeeper fetch (prefetch)"):
-        # The sequential row has prefetch off; the other uses the defaults.
+    if name in ("walkeeper fetch", "walkeeper fetch (prefetch)", FAST_FETCH):
+        # The sequential row has prefetch off; the others use the defaults.
         prefetch = 0 if name == "walkeeper fetch" else 8
         state = dest.parent / (dest.name + ".state")
         cfg = dest.parent / (dest.name + ".toml")
         cfg.write_text(f'cluster = "default"\nstate_dir = "{state}"\n'
                        f"[fetch]\nprefetch = {prefetch}\n"
                        f'[[stores]]\nname = "local"\ntype = "local"\npath = "{src / "store"}"\n')
+        if name == FAST_FETCH:
+            # The restore_command `walkeeper commands` prints, run as PostgreSQL runs it.
+            line = postgres_line(a.walkeeper, env, ["--config", str(cfg)], "restore_command")
+            return lambda s: [(["sh", "-c", line.replace("%f", s.name).replace(
+                "%p", shlex.quote(str(dest / s.name)))], None)]
         return lambda s: [([*a.walkeeper, "--config", str(cfg), "fetch", s.name,
                             str(dest / s.name)], None)]
     raise KeyError(name)
@@ -352,7 +385,8 @@ def fetch_steps(name: str, a, src: Path, dest: Path, env: dict[str, str]):
 FETCH_FROM = {"zstd -d -q": "zstd -3 -q", "pgbackrest archive-get": "pgbackrest archive-push",
               "pgbackrest async get": "pgbackrest archive-push",
               "walkeeper fetch": "walkeeper push",
-              "walkeeper fetch (prefetch)": "walkeeper push"}
+              "walkeeper fetch (prefetch)": "walkeeper push",
+              FAST_FETCH: "walkeeper push"}
 
 
 def one_round(r: int, a, segs: list[Path], sums: dict[str, str], work: Path,
@@ -370,7 +404,7 @@ def one_round(r: int, a, segs: list[Path], sums: dict[str, str], work: Path,
         steps = tools[name](d)
         log(f"round {r + 1}: push   {name}")
         res = run_per_segment(name, steps, segs, env)
-        if name == "walkeeper push (read-ahead)":
+        if name in ("walkeeper push (read-ahead)", FAST_PUSH):
             wait_pusher(d / "state")        # untimed: every segment was pushed already
         if res["ok"]:
             store = d / "repo" if name.startswith("pgbackrest") else d / "store" \
@@ -477,7 +511,24 @@ def startup(a, segs: list[Path], work: Path, env: dict[str, str]) -> dict:
         shutil.copy(segs[1], entry)
         (recovery / "RECOVERYXLOG").unlink(missing_ok=True)   # PostgreSQL does that
 
-    prepare = {recorded: prepare_recorded, served: prepare_served}
+    # the same two calls through the lines `walkeeper commands` prints (sh -c, as
+    # PostgreSQL runs them): walkeeper-fast does them without Python.
+    fast_recorded = "walkeeper-fast push (done by read-ahead)"
+    fast_served = "walkeeper-fast fetch (served from the spool)"
+    try:
+        push_line = postgres_line(a.walkeeper, wenv, [], "archive_command")
+        fetch_line = postgres_line(a.walkeeper, wenv, [], "restore_command")
+    except Failed as exc:
+        log(f"startup: FAILED: {exc}")
+        return {"ok": False, "error": str(exc), "commands": {}}
+    cmds[fast_recorded] = ["sh", "-c", push_line.replace(
+        "%p", shlex.quote(str(pg_wal / segs[1].name))).replace("%f", segs[1].name)]
+    cmds[fast_served] = ["sh", "-c", fetch_line.replace("%f", segs[1].name).replace(
+        "%p", shlex.quote(str(recovery / "RECOVERYXLOG")))]
+    envs[fast_recorded] = envs[fast_served] = wenv
+
+    prepare = {recorded: prepare_recorded, served: prepare_served,
+               fast_recorded: prepare_recorded, fast_served: prepare_served}
     lock_fd = os.open(spool / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(lock_fd, fcntl.LOCK_EX)
     ok = {k: (0,) for k in cmds}
@@ -493,9 +544,13 @@ def startup(a, segs: list[Path], work: Path, env: dict[str, str]) -> dict:
                 if k in prepare:
                     prepare[k]()
                 dt, r = timed(cmds[k], envs.get(k, env), ok[k])
-                if k == served and (recovery / "RECOVERYXLOG").stat().st_size != SEG:
+                if k in (served, fast_served) and \
+                        (recovery / "RECOVERYXLOG").stat().st_size != SEG:
                     raise Failed("the fetch served from the spool wrote a wrong file")
-                if k == served and entry.exists():
+                if k in (recorded, fast_recorded) and \
+                        (state / "readahead" / "default" / f"{segs[1].name}.json").exists():
+                    raise Failed(f"{k} did not take the pusher's record")
+                if k in (served, fast_served) and entry.exists():
                     raise Failed("the fetch did not take the spool entry: walkeeper's "
                                  "spool format changed, update this benchmark")
                 if i >= a.startup_warmup:
@@ -574,6 +629,17 @@ def summarize(result: dict) -> dict:
               "pgbackrest async get", 1.0)
     ratio_bar("prefetch_fetch_vs_sequential_fetch", "fetch", "walkeeper fetch (prefetch)",
               "walkeeper fetch", 2.0)
+    # Issue 19's bars: the lines `walkeeper commands` prints, >= 1.1x pgBackRest async
+    # in the median and in every round.
+    for label, phase, num, den in (
+            ("fast_line_push_vs_pgbackrest_async", "push", FAST_PUSH, "pgbackrest async push"),
+            ("fast_line_fetch_vs_pgbackrest_async_1gib", "fetch", FAST_FETCH,
+             "pgbackrest async get")):
+        ratio_bar(label, phase, num, den, 1.1)
+        if bars[label]["ratio"] is not None:
+            per_round = [r[phase][num]["seg_per_s"] / r[phase][den]["seg_per_s"] for r in rounds]
+            bars[label]["per_round"] = per_round
+            bars[label]["pass"] = min(per_round) >= 1.1 and bars[label]["ratio"] >= 1.1
     st = result.get("startup", {})
     # The fast paths: most calls of the prefetch row are a fetch served from the spool;
     # their median per-segment time is that fast path. The read-ahead row's calls wait
@@ -592,7 +658,10 @@ def summarize(result: dict) -> dict:
             bars[label] = {"ratio": None, "bar": "<= 3.0", "pass": False,
                            "error": v.get("error") or st.get("error") or "not measured"}
     for k, label in (("walkeeper push (done by read-ahead)", "fast_push_recorded_vs_python"),
-                     ("walkeeper fetch (served from the spool)", "fast_fetch_spool_vs_python")):
+                     ("walkeeper fetch (served from the spool)", "fast_fetch_spool_vs_python"),
+                     ("walkeeper-fast push (done by read-ahead)", "fast_line_push_recorded_vs_python"),
+                     ("walkeeper-fast fetch (served from the spool)",
+                      "fast_line_fetch_spool_vs_python")):
         if st.get("ok"):
             ratio = st["commands"][k]["ratio_to_python"]
             bars[label] = {"ratio": ratio, "bar": "<= 3.0", "pass": ratio <= 3.0}
