@@ -182,6 +182,22 @@ def test_only_this_boot_and_this_exact_name_are_served(tmp_path):
     assert run_line(fetch_line(spool), tmp_path / "no" / "dir", NAME).returncode == 99
 
 
+def test_it_only_renames(tmp_path):
+    """A spool on another file system than DEST: walkeeper fetch copies (a temporary,
+    then a rename); the fast half never leaves a partial DEST."""
+    import tempfile
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second file system")
+    spool = tmp_path / "spool"
+    e = entry(spool, NAME, segment_bytes(NAME))
+    with tempfile.TemporaryDirectory(dir=shm) as d:
+        dest = Path(d) / "RECOVERYXLOG"
+        assert run_line(fetch_line(spool), dest, NAME).returncode == 99
+        assert not dest.exists() and e.exists()
+
+
 def test_it_waits_for_an_entry_the_prefetcher_is_writing(tmp_path):
     spool = tmp_path / "spool"
     spool.mkdir()

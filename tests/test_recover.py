@@ -133,6 +133,10 @@ def test_timelines(pg, wk, tmp_path, archiving):
 
     # Back to T1 and promote: timeline 2, which writes batch C and archives it.
     c2 = recover(pg, wk, cfg, tmp_path, "--target-time", t1, action="promote", archive=True)
+    # (both lines as `walkeeper commands` prints them: walkeeper-fast first)
+    auto = (c2.pgdata / "postgresql.auto.conf").read_text()
+    assert f"archive_command = '{wk.path.parent / 'walkeeper-fast'} push " in auto
+    assert f"restore_command = '{wk.path.parent / 'walkeeper-fast'} fetch " in auto
     assert c2.scalar("SELECT timeline_id FROM pg_control_checkpoint()") in (1, 2)
     assert rows(c2) == ["A"]
     c2.execute("INSERT INTO t SELECT 'C', g FROM generate_series(1, 100) g")
