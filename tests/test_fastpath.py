@@ -365,7 +365,7 @@ def test_a_cluster_archiving_and_recovering_through_the_fast_lines(pg, wk, tmp_p
     pusher stored are acknowledged by walkeeper-fast; then `recover` writes the fast
     restore_command, and the segments the prefetcher spooled are served by it: rows
     exactly right, the archive verified."""
-    from test_recover import rows, wait_recovered
+    from test_recover import batches, rows, wait_recovered
 
     cluster = pg.new()
     cfg = make_config(tmp_path, cluster="fast", conninfo=cluster.conninfo,
@@ -376,12 +376,8 @@ def test_a_cluster_archiving_and_recovering_through_the_fast_lines(pg, wk, tmp_p
     cluster.restart()
     r = wk("--config", cfg, "basebackup", "--no-progress")
     assert r.returncode == 0, r.stderr
-    cluster.execute("CREATE TABLE t (batch text, n int)")
     # A burst: segments pile up as .ready, the pusher stores them ahead.
-    for i in range(16):
-        cluster.execute(f"INSERT INTO t SELECT 'B{i:02}', g FROM generate_series(1, 2000) g")
-        last = cluster.switch_wal()
-    cluster.wait_archived(last)
+    expected = batches(cluster, 16)
     noted = set(pushes.read_text().split()) if pushes.exists() else set()
     stored = {p.name[:24] for p in (tmp_path / "store").rglob("*.zst")
               if re.fullmatch(r"[0-9A-F]{24}\.zst", p.name)}
@@ -403,7 +399,7 @@ def test_a_cluster_archiving_and_recovering_through_the_fast_lines(pg, wk, tmp_p
     c = pg.from_pgdata(dest, archive_mode="off")
     c.start()
     wait_recovered(c)
-    assert rows(c) == [f"B{i:02}" for i in range(16)]
+    assert rows(c) == expected
     restored = {ln.split('"')[1] for ln in c.log.read_text().splitlines()
                 if "restored log file" in ln and len(ln.split('"')[1]) == 24}
     noted = set(fetches.read_text().split()) if fetches.exists() else set()

@@ -249,7 +249,7 @@ def test_history_and_other_files_are_not_prefetched(wk, tmp_path, archive):
 # --------------------------------------------------------------- real recovery
 
 def test_recovery_through_the_spool(pg, wk, tmp_path):
-    from test_recover import recover, rows, write_config as recover_config
+    from test_recover import batches, recover, rows, write_config as recover_config
 
     cluster = pg.new()
     cfg = recover_config(tmp_path, cluster)
@@ -257,12 +257,7 @@ def test_recovery_through_the_spool(pg, wk, tmp_path):
     cluster.restart()
     r = wk("--config", cfg, "basebackup", "--no-progress")
     assert r.returncode == 0, r.stderr
-    cluster.execute("CREATE TABLE t (batch text, n int)")
-    for i in range(12):
-        cluster.execute(f"INSERT INTO t SELECT 'B{i:02}', g FROM generate_series(1, 2000) g")
-        last = cluster.switch_wal()
-    cluster.wait_archived(last)
-    expected = [f"B{i:02}" for i in range(12)]
+    expected = batches(cluster, 12)
     c = recover(pg, wk, cfg, tmp_path, "--latest")
     assert rows(c) == expected
     assert c.scalar("SELECT count(*) FROM t") == 12 * 2000

@@ -39,6 +39,17 @@ def archive_all(cluster) -> None:
     cluster.wait_archived(cluster.switch_wal())
 
 
+def batches(cluster, count: int) -> list[str]:
+    """Table t with `count` batches of 2000 rows, a WAL switch after each, all
+    archived; returns the batch names in order."""
+    cluster.execute("CREATE TABLE t (batch text, n int)")
+    for i in range(count):
+        cluster.execute(f"INSERT INTO t SELECT 'B{i:02}', g FROM generate_series(1, 2000) g")
+        last = cluster.switch_wal()
+    cluster.wait_archived(last)
+    return [f"B{i:02}" for i in range(count)]
+
+
 def wait_recovered(c, timeout=60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
