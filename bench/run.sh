@@ -15,6 +15,14 @@
 #
 #   bench/run.sh --memory [memory.py options]
 #
+# and issue 17's S3 figures on Ceph RGW (loopback, HTTPS): push/fetch beside pgBackRest
+# async (repo1-type=s3) and barman-cloud, and basebackup to RGW beside a local store:
+#
+#   bench/run.sh --s3 [s3_compare.py options]
+#   bench/run.sh --s3-backup [s3_backup.py options]
+#
+# (these two need walkeeper[s3]: without WALKEEPER_CMD the venv gets the extra, and the
+# script runs with walkeeper's own interpreter, which has botocore to make buckets).
 # As root it runs everything as the unprivileged user $WKBENCH_USER (default
 # wkbench, created with `useradd -m` if missing), because PostgreSQL refuses root,
 # and copies the JSON into bench/out/. As any other user it runs the script directly.
@@ -27,7 +35,11 @@ case "${1:-}" in
     --backup-restore) script=backup_restore.py; shift ;;
     --live) script=live.py; shift ;;
     --memory) script=memory.py; shift ;;
+    --s3) script=s3_compare.py; shift ;;
+    --s3-backup) script=s3_backup.py; shift ;;
 esac
+extras=
+case $script in s3_compare.py|s3_backup.py) extras='[s3]' ;; esac
 user=${WKBENCH_USER:-wkbench}
 wal_dir=${WKBENCH_WAL_DIR:-/tmp/walkeeper-bench/wal}
 py=${WKBENCH_PY:-/usr/bin/python3}
@@ -40,8 +52,8 @@ if [ -z "${WALKEEPER_CMD:-}" ]; then
     [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall \
         --no-deps "$here/.." >/dev/null 2>&1 \
-        || "$venv/bin/python" -m pip install -q --disable-pip-version-check "$here/.."
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check "$here/.." >/dev/null
+        || "$venv/bin/python" -m pip install -q --disable-pip-version-check "$here/..$extras"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "$here/..$extras" >/dev/null
     chmod -R a+rX "$venv"
     WALKEEPER_CMD=$venv/bin/walkeeper
 fi
@@ -53,6 +65,10 @@ exe=$(command -v "${words[0]}") || {
 words[0]=$(realpath -s "$exe")   # absolute, symlinks kept (a venv's bin/python must stay)
 printf -v WALKEEPER_CMD '%q ' "${words[@]}"
 export WALKEEPER_CMD WKBENCH_WAL_DIR=$wal_dir
+if [ -n "$extras" ]; then   # the S3 modes: run with walkeeper's interpreter (botocore)
+    first=$(head -n 1 "${words[0]}")
+    [[ $first == '#!'*python* ]] && py=${first#\#!} && py=${py%% *}
+fi
 
 if [ "$(id -u)" != 0 ]; then
     exec "$py" "$here/$script" "$@"

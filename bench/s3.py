@@ -38,21 +38,25 @@ def log(msg: str) -> None:
     print(f"[bench-s3] {msg}", file=sys.stderr, flush=True)
 
 
-def rgw_up(d: Path) -> dict:
+def rgw_up(d: Path, memstore_bytes: int = 6 << 30, tls: bool = False) -> dict:
+    """Start RGW in d (stopped by rgw-down.sh, or when this process dies); its env lines.
+    tls: also an HTTPS endpoint (S3_TLS_ENDPOINT, S3_CA_FILE: a throwaway CA)."""
     p = subprocess.run([str(RGW / "rgw-up.sh"), str(d)], capture_output=True, text=True,
                        env={**os.environ, "RGW_WATCH_PID": str(os.getpid()),
-                            "RGW_MEMSTORE_BYTES": str(6 << 30)}, timeout=180)
+                            "RGW_MEMSTORE_BYTES": str(memstore_bytes),
+                            "RGW_TLS": "1" if tls else "0"}, timeout=180)
     if p.returncode:
         raise SystemExit(f"rgw-up.sh failed: {p.stderr[-2000:]}")
     return dict(line.split("=", 1) for line in p.stdout.splitlines() if "=" in line)
 
 
-def client(env: dict):
+def client(env: dict, tls: bool = False):
     import botocore.session
     from botocore.config import Config
 
     return botocore.session.get_session().create_client(
-        "s3", endpoint_url=env["S3_ENDPOINT"], region_name="us-east-1",
+        "s3", endpoint_url=env["S3_TLS_ENDPOINT" if tls else "S3_ENDPOINT"],
+        region_name="us-east-1", verify=env["S3_CA_FILE"] if tls else None,
         aws_access_key_id=env["S3_ACCESS_KEY"], aws_secret_access_key=env["S3_SECRET_KEY"],
         config=Config(s3={"addressing_style": "path"},
                       request_checksum_calculation="when_required",
@@ -94,10 +98,21 @@ def config(d: Path, store: str, extra: str = "") -> Path:
     return p
 
 
-def s3_store(env: dict, bucket: str) -> str:
-    return (f'[[stores]]\nname = "objects"\ntype = "s3"\nendpoint = "{env["S3_ENDPOINT"]}"\n'
+def s3_store(env: dict, bucket: str, tls: bool = False) -> str:
+    """A [[stores]] table for bucket; tls: the HTTPS endpoint, trusting rgw-up.sh's CA."""
+    endpoint = env["S3_TLS_ENDPOINT" if tls else "S3_ENDPOINT"]
+    return (f'[[stores]]\nname = "objects"\ntype = "s3"\nendpoint = "{endpoint}"\n'
             f'bucket = "{bucket}"\naccess_key_env = "WALKEEPER_S3_ACCESS_KEY"\n'
-            f'secret_key_env = "WALKEEPER_S3_SECRET_KEY"\n')
+            f'secret_key_env = "WALKEEPER_S3_SECRET_KEY"\n'
+            + (f'ca_file = "{env["S3_CA_FILE"]}"\n' if tls else ""))
+
+
+def bucket_bytes(c, bucket: str) -> int:
+    """Sum of the object sizes in bucket (listed, untimed)."""
+    total = 0
+    for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        total += sum(o["Size"] for o in page.get("Contents", ()))
+    return total
 
 
 def main() -> int:
