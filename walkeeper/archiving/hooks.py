@@ -78,23 +78,23 @@ def fast_script(cmd: list[str]) -> str | None:
     return None
 
 
-def archive_command(config, fast: bool = True) -> str:
+def archive_command(config) -> str:
     prefix, cmd = walkeeper_argv(config)
     plain = " ".join(prefix + [shlex.quote(c) for c in cmd] + ["push", "%p", "%f"])
-    script = fast_script(cmd) if fast and config["push.parallel"] > 1 else None
+    script = fast_script(cmd) if config["push.parallel"] > 1 else None
     if script is None:
         return plain
     records = records_dir(config.state_dir, config.cluster)
     return f"{shlex.quote(script)} push {shlex.quote(records)} %p %f || {plain}"
 
 
-def restore_command(config, only: list[str] | None = None, fast: bool = True) -> str:
+def restore_command(config, only: list[str] | None = None) -> str:
     """only: the stores it may fetch from (`fetch --store NAME` each), None: every store."""
     prefix, cmd = walkeeper_argv(config)
     stores = [a for n in (only or ()) for a in ("--store", n)]
     plain = " ".join(prefix + [shlex.quote(c) for c in cmd + ["fetch"] + stores]
                      + ["%f", "%p"])
-    script = fast_script(cmd) if fast and config["fetch.prefetch"] > 0 else None
+    script = fast_script(cmd) if config["fetch.prefetch"] > 0 else None
     if script is None:
         return plain
     spool = spool_dir(config.state_dir, config.cluster)
