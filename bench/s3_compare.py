@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 import s3 as s3b                       # bench/s3.py: RGW and botocore helpers
-from backup_restore import cpu_jiffies
+from backup_restore import cpu_jiffies, wait_quiet
 from benchlib import free_port, loadavg, sha256
 from push_fetch import (backlog, mark_done, out_of, python_of, run_per_segment,
                         wait_prefetcher, wait_pusher)
@@ -103,19 +103,6 @@ def wait_procs(marker: str, timeout: float = 60.0) -> float:
             break
         time.sleep(0.05)
     return time.monotonic() - t0
-
-
-def wait_quiet(max_wait: float, busy_max: float = 0.15) -> dict:
-    """Up to max_wait s for the machine to be idle (<= busy_max over 0.5 s)."""
-    t0 = time.monotonic()
-    while True:
-        b0, t_0 = cpu_jiffies()
-        time.sleep(0.5)
-        b1, t_1 = cpu_jiffies()
-        busy = (b1 - b0) / max(t_1 - t_0, 1)
-        waited = time.monotonic() - t0
-        if busy <= busy_max or waited >= max_wait:
-            return {"busy_before": round(busy, 3), "waited_s": round(waited, 1)}
 
 
 # --------------------------------------------------------------------------- pgBackRest
