@@ -39,11 +39,12 @@ def names(first: str, count: int) -> list[str]:
     return out
 
 
-def run_line(line: str, p: str, f: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def run_line(line: str, p: str, f: str, timeout: float = 60,
+             path: str = "/usr/bin:/bin") -> subprocess.CompletedProcess:
     """What PostgreSQL does with archive_command / restore_command."""
     cmd = line.replace("%p", shlex.quote(str(p))).replace("%f", f)
     return subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=timeout,
-                          env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL)
+                          env={"PATH": path}, stdin=subprocess.DEVNULL)
 
 
 def fast_only(line: str) -> str:
@@ -205,10 +206,16 @@ def test_it_waits_for_an_entry_the_prefetcher_is_writing(tmp_path):
     tmp = spool / f".{NAME}.tmp-1234abcd"
     tmp.write_bytes(data[:1000])
     dest = tmp_path / "RECOVERYXLOG"
-    # No prefetcher holds the spool: a leftover temporary is not waited for.
-    t0 = time.monotonic()
-    assert run_line(fetch_line(spool), dest, NAME).returncode == 99
-    assert time.monotonic() - t0 < 5
+    # No prefetcher holds the spool: a leftover temporary is not waited for (a `sleep`
+    # first on PATH notes every poll the script would make).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    polls = tmp_path / "polls"
+    (bin_dir / "sleep").write_text(f"#!/bin/sh\necho \"$@\" >> {shlex.quote(str(polls))}\n"
+                                   f"exec /bin/sleep \"$@\"\n")
+    (bin_dir / "sleep").chmod(0o755)
+    r = run_line(fetch_line(spool), dest, NAME, path=f"{bin_dir}:/usr/bin:/bin")
+    assert r.returncode == 99 and not polls.exists(), r
     lock = os.open(spool / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
