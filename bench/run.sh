@@ -47,6 +47,13 @@ py=${WKBENCH_PY:-/usr/bin/python3}
 
 # With no WALKEEPER_CMD, measure this checkout as users get it: a regular (not
 # editable) install in a venv of its own, readable by the bench user.
+# As root, the bench user owns the parent of the WAL set (and of the venv below):
+# created first, or the venv would make it root's and the user could write nothing there.
+if [ "$(id -u)" = 0 ]; then
+    id -u "$user" >/dev/null 2>&1 || useradd -m "$user"
+    parent=$(dirname "$wal_dir")
+    [ -d "$parent" ] || install -d -o "$user" -g "$user" "$parent"
+fi
 if [ -z "${WALKEEPER_CMD:-}" ]; then
     venv=$(dirname "$wal_dir")/venv
     [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"
@@ -74,9 +81,6 @@ if [ "$(id -u)" != 0 ]; then
     exec "$py" "$here/$script" "$@"
 fi
 
-id -u "$user" >/dev/null 2>&1 || useradd -m "$user"
-parent=$(dirname "$wal_dir")
-[ -d "$parent" ] || install -d -o "$user" -g "$user" "$parent"
 runuser -u "$user" -- test -x "${words[0]}" || {
     echo "run.sh: $user cannot run ${words[0]} (install walkeeper somewhere readable by all)" >&2
     exit 2; }

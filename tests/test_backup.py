@@ -75,8 +75,25 @@ def backup_jsons(root: Path) -> list[Path]:
 
 # --------------------------------------------------------------- the good path
 
-def test_basebackup_restores_and_starts(pg, wk, tmp_path, capsys):
-    cluster, cfg_path = archiving_cluster(pg, wk, tmp_path)
+def frame_checksummed(path: Path) -> bool:
+    """Whether the zstd frame of a stored object's body carries a content checksum:
+    walkeeper's encoder always writes one, PostgreSQL's server-side zstd does not, so
+    it tells who compressed the backup."""
+    import zstandard
+
+    data = path.read_bytes()
+    pos = objects.HEADER_SIZE
+    while int.from_bytes(data[pos:pos + 4], "little") & 0xFFFFFFF0 == 0x184D2A50:
+        pos += 8 + int.from_bytes(data[pos + 4:pos + 8], "little")   # the name frame
+    return zstandard.get_frame_parameters(data[pos:pos + 18]).has_checksum
+
+
+@pytest.mark.parametrize("compress", ["auto", "client"])
+def test_basebackup_restores_and_starts(pg, wk, tmp_path, capsys, compress):
+    """auto on PostgreSQL 15: the server compresses (pg_basebackup then writes no
+    backup_manifest); client: walkeeper does, and the manifest is in the tar."""
+    cluster, cfg_path = archiving_cluster(pg, wk, tmp_path,
+                                          extra=f'[backup]\ncompress = "{compress}"')
     pgbench_init(cluster, 2)
     cfg = config_mod.load(str(cfg_path))
     info = backup.take_basebackup(cfg, "nightly", progress=True)
@@ -114,15 +131,22 @@ def test_basebackup_restores_and_starts(pg, wk, tmp_path, capsys):
     assert f.stored_size == tar_obj.stat().st_size == meta.stored_bytes["local"]
     raw = decoded(tar_obj)
     assert len(raw) == f.size
+    assert frame_checksummed(tar_obj) == (compress == "client")
+    # The stock zstd tool reads the stored object (header, name and trailer are
+    # skippable frames) whoever compressed it.
+    r = subprocess.run(["zstd", "-dc", str(tar_obj)], capture_output=True)
+    assert r.returncode == 0 and r.stdout == raw
     restored = tmp_path / "restored"
     restored.mkdir(mode=0o700)
     with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
         names = tar.getnames()
         tar.extractall(restored)
-    assert "backup_manifest" in names and "backup_label" in names
-    r = subprocess.run([str(PG_BIN / "pg_verifybackup"), "-n", str(restored)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert "backup_label" in names
+    assert ("backup_manifest" in names) == (compress == "client")
+    if compress == "client":
+        r = subprocess.run([str(PG_BIN / "pg_verifybackup"), "-n", str(restored)],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
 
     # Rows written after the backup must not be there with recovery_target=immediate.
     cluster.execute("DELETE FROM pgbench_accounts WHERE aid <= 1000")

@@ -50,6 +50,15 @@ SETTINGS: tuple[Setting, ...] = (
             env=("WALKEEPER_PREFETCH_IDLE",), minimum=1, maximum=86400),
     Setting("fetch.spool_max_bytes", int, 1 << 30, "upper bound of the prefetch spool, in "
             "bytes", minimum=0),
+    Setting("backup.compress", str, "auto", "where a base backup is compressed: server "
+            "(PostgreSQL 15+ compresses with zstd as it reads, pg_basebackup "
+            "--compress=server-zstd; pg_basebackup then writes no backup_manifest), client "
+            "(walkeeper compresses pg_basebackup's tar, backup_manifest included), auto "
+            "(server on a PostgreSQL 15+ primary when compression.algorithm is zstd, client "
+            "otherwise)", choices=("auto", "client", "server")),
+    Setting("backup.workers", int, 2, "zstd threads compressing a base backup (on the "
+            "server: pg_basebackup's workers=N); 0: compression in one thread",
+            minimum=0, maximum=64),
     Setting("drill.sql", str, "", "extra SQL the restore drill runs on the restored copy"),
     Setting("encryption.passphrase_env", str, "", "variable holding the passphrase every "
             "object is encrypted with (stretched with scrypt); see docs/encryption.md"),

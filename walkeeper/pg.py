@@ -132,7 +132,8 @@ SELECT current_setting('server_version_num')::int,
        current_setting('archive_mode'), current_setting('archive_command'),
        current_setting('wal_level'), current_setting('log_timezone'),
        (SELECT setting || ' ' || coalesce(unit, '') FROM pg_settings
-         WHERE name = 'wal_segment_size')
+         WHERE name = 'wal_segment_size'),
+       pg_is_in_recovery()
 """
 _SIZE_UNITS = {"B": 1, "kB": 1024, "8kB": 8192, "MB": 1 << 20, "": 1}
 
@@ -142,7 +143,7 @@ def server_info(conninfo: str) -> dict:
 
     Keys: server_version_num, system_identifier, wal_segment_size (bytes),
     data_directory (None without the privilege to read it), timeline,
-    archive_mode, archive_command, wal_level, log_timezone, tablespaces
+    archive_mode, archive_command, wal_level, log_timezone, in_recovery, tablespaces
     ([{"name", "location"}], pg_default and pg_global excluded), database_bytes.
     """
     import psycopg
@@ -150,12 +151,12 @@ def server_info(conninfo: str) -> dict:
     with connect(conninfo) as conn:
         try:
             (version, archive_mode, archive_command, wal_level, log_tz,
-             segsize) = conn.execute(_INFO_SQL).fetchone()
+             segsize, in_recovery) = conn.execute(_INFO_SQL).fetchone()
             value, unit = segsize.split(" ", 1)
             info = {
                 "server_version_num": version, "archive_mode": archive_mode,
                 "archive_command": archive_command, "wal_level": wal_level,
-                "log_timezone": log_tz,
+                "log_timezone": log_tz, "in_recovery": bool(in_recovery),
                 "wal_segment_size": int(value) * _SIZE_UNITS.get(unit.strip(), 1),
             }
             info["system_identifier"] = int(conn.execute(

@@ -8,7 +8,7 @@ publish it atomically only once its checksum matched.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from walkeeper.errors import ObjectExists, StoreError
 from walkeeper.format.objects import Encoder, Trailer, decode
@@ -23,10 +23,12 @@ class FanOut:
 
 
 def put_stream(stores: list, key: str, chunks: Iterable[bytes], codec: str, level: int,
-               size_hint: int | None = None, threads: int = 2, seal=None) -> FanOut:
+               size_hint: int | None = None, threads: int = 2, seal=None,
+               original_size: Callable[[], int] | None = None) -> FanOut:
     """Encode `chunks` once into every store under `key`, never replacing an object.
 
     seal: the archive's crypto.ArchiveKey (crypto.writer_key) to encrypt with, or None.
+    original_size: `chunks` are already compressed with `codec` (see Encoder).
     A store that fails is dropped from the fan-out and reported in .errors; the
     others carry on. An exception from `chunks` aborts every upload and propagates.
     """
@@ -39,7 +41,8 @@ def put_stream(stores: list, key: str, chunks: Iterable[bytes], codec: str, leve
             out.errors[s.name] = exc
     if not uploads:
         return out
-    enc = Encoder(codec, level, size_hint, threads, seal, name=key)
+    enc = Encoder(codec, level, size_hint, threads, seal, name=key,
+                  original_size=original_size)
     try:
         for chunk in enc.run(chunks):
             for s, up in list(uploads.items()):

@@ -26,8 +26,8 @@ from datetime import datetime, timezone
 from walkeeper import log, pg, state
 from walkeeper.progress import Progress
 from walkeeper.config import Config
-from walkeeper.errors import (CorruptObject, ObjectNotFound, OperationFailed, StoreError,
-                              UsageError)
+from walkeeper.errors import (ConfigError, CorruptObject, ObjectNotFound, OperationFailed,
+                              StoreError, UsageError)
 from walkeeper.format.layout import (backup_file_key, backup_meta_key, backups_dir,
                               wal_dir, wal_keys)
 from walkeeper.catalog.model import BackupFile, BackupInfo
@@ -91,13 +91,111 @@ class _Abandon(Exception):
     pass
 
 
+class _Source:
+    """The compressed chunks as a file-like read() for zstd's stream reader."""
+
+    def __init__(self, feed: queue.Queue, stop: threading.Event):
+        self.feed = feed
+        self.stop = stop
+        self.pending = b""
+        self.ended = False
+
+    def read(self, n: int = -1) -> bytes:
+        while not self.pending and not self.ended:
+            try:
+                item = self.feed.get(timeout=0.1)
+            except queue.Empty:
+                if self.stop.is_set():
+                    raise _Abandon()
+                continue
+            if item is None:
+                self.ended = True
+            else:
+                self.pending = item
+        n = len(self.pending) if n is None or n < 0 else n
+        data, self.pending = self.pending[:n], self.pending[n:]
+        return data
+
+
+class _Decoder:
+    """A zstd stream (what PostgreSQL compressed on the server) decoded as it goes
+    by, in a thread of its own (zstd releases the GIL, so on a second core): the
+    decoded bytes go to `observe` (backup_label, progress) and are counted, which is
+    the stored object's original size. At most a chunk of each side in memory,
+    whatever the compression ratio."""
+
+    def __init__(self, observe):
+        self.observe = observe
+        self.size = 0
+        self.error: BaseException | None = None
+        self.feed: queue.Queue = queue.Queue(READ_AHEAD)
+        self.stop = threading.Event()
+        self.source = _Source(self.feed, self.stop)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import zstandard
+
+        try:
+            reader = zstandard.ZstdDecompressor().stream_reader(self.source, read_size=CHUNK)
+            while True:
+                data = reader.read(CHUNK)
+                if not data:
+                    break
+                self.size += len(data)
+                if self.observe is not None:
+                    self.observe(data)
+            if self.source.read(1):
+                raise OperationFailed("the server's zstd stream goes on after its end")
+        except _Abandon:
+            pass
+        except BaseException as exc:
+            self.error = exc
+        self.stop.set()
+
+    def put(self, data: bytes | None) -> None:
+        while True:
+            if self.stop.is_set():
+                self._raise()
+                raise OperationFailed("the server's zstd stream ended before "
+                                      "pg_basebackup's output did")
+            try:
+                self.feed.put(data, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self) -> int:
+        """The decoded size, once the stream has ended and decoded cleanly."""
+        self.put(None)
+        self.thread.join()
+        self._raise()
+        return self.size
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+    def _raise(self) -> None:
+        exc = self.error
+        if isinstance(exc, OperationFailed):
+            raise exc
+        if exc is not None:
+            raise OperationFailed(f"cannot decode the server's zstd stream: {exc}") from None
+
+
 def stream_program(argv: list[str], env: dict[str, str], stores: list, key: str,
-                   config: Config, observe=None, seal=None) -> tuple[Trailer, str]:
+                   config: Config, observe=None, seal=None, compressed: bool = False,
+                   threads: int = 2) -> tuple[Trailer, str]:
     """Run a program and store its stdout under `key` in every store, or in none.
 
     Returns (trailer, the program's stderr). The object is committed only if the
     program exited 0 and every store took every byte; otherwise OperationFailed,
     and the uploads are aborted (a kill -9 of walkeeper leaves `.tmp-` objects).
+    compressed: the program writes a zstd stream (pg_basebackup --compress=server-zstd),
+    stored as it is and decoded on the way for `observe` and the original size.
+    threads: zstd worker threads when walkeeper compresses.
     """
     program = argv[0].rsplit("/", 1)[-1]
     proc = pg.start(argv, env)
@@ -143,6 +241,9 @@ def stream_program(argv: list[str], env: dict[str, str], stores: list, key: str,
     pumper = threading.Thread(target=pump, daemon=True)
     pumper.start()
 
+    decoder = _Decoder(observe) if compressed else None
+    decoded: list[int] = []
+
     def chunks():
         while True:
             if watch.error is not None:
@@ -152,7 +253,9 @@ def stream_program(argv: list[str], env: dict[str, str], stores: list, key: str,
                 raise data
             if not data:
                 break
-            if observe is not None:
+            if decoder is not None:
+                decoder.put(data)
+            elif observe is not None:
                 observe(data)
             yield data
         rc = proc.wait()
@@ -160,15 +263,20 @@ def stream_program(argv: list[str], env: dict[str, str], stores: list, key: str,
         if rc != 0:
             raise OperationFailed(f"{program} failed (exit {rc}): "
                                   f"{pg.last_line(chr(10).join(errlines))}")
+        if decoder is not None:
+            decoded.append(decoder.finish())
 
     try:
         out = put_stream([_WatchedStore(s, watch) for s in stores], key, chunks(),
                          config["compression.algorithm"], config["compression.level"],
-                         seal=seal)
+                         threads=threads, seal=seal,
+                         original_size=(lambda: decoded[0]) if compressed else None)
     except _Abandon:
         raise OperationFailed(f"{watch.error}; abandoned: the copy must reach every store") \
             from None
     finally:
+        if decoder is not None:
+            decoder.close()
         stop.set()
         if proc.poll() is None:
             proc.terminate()
@@ -336,6 +444,27 @@ def take_basebackup(config: Config, label: str | None = None,
     return result
 
 
+def compress_on_server(setting: str, codec: str, info: dict) -> bool:
+    """Where the backup is compressed (backup.compress): on the server with zstd
+    (PostgreSQL 15+) or here. Not on a standby: it archives no backup history file,
+    so the stop point comes from backup_manifest, which a server-compressed stream
+    cannot carry."""
+    if setting == "client" or codec != "zstd" and setting == "auto":
+        return False
+    problem = ("compression.algorithm is not zstd" if codec != "zstd"
+               else "the server is older than PostgreSQL 15"
+               if info["server_version_num"] < 150000
+               else "the server is a standby (its backup's stop point is in backup_manifest, "
+                    "which a server-compressed stream cannot carry)"
+               if info.get("in_recovery") else "")
+    if not problem:
+        return True
+    if setting == "server":
+        raise ConfigError(f"backup.compress = \"server\" but {problem}",
+                         hint='set backup.compress = "client" or "auto"')
+    return False
+
+
 def _refuse(info: dict) -> None:
     if info["tablespaces"]:
         spaces = ", ".join(f"{t['name']} ({t['location']})" for t in info["tablespaces"])
@@ -354,9 +483,15 @@ def _take(config: Config, info: dict, backup_id: str, label: str, progress: bool
     codec = config["compression.algorithm"]
     seg_size = info["wal_segment_size"]
     conninfo, env = pg.program_env(config["postgres.conninfo"])
+    on_server = compress_on_server(config["backup.compress"], codec, info)
+    workers = config["backup.workers"]
     argv = [pg.find_program("pg_basebackup", config["postgres.bindir"]),
             *(["-d", conninfo] if conninfo else []),
             "-D", "-", "-Ft", "-X", "none", "-c", "fast", "-v", "--no-password", "-l", label]
+    if on_server:
+        # pg_basebackup cannot put backup_manifest into a stream it did not compress.
+        argv += ["--no-manifest", f"--compress=server-zstd:level={config['compression.level']}"
+                 + (f",workers={workers}" if workers else "")]
     key = backup_file_key(cluster, backup_id, "base.tar", codec)
     seal = writer_key(config.keyring, stores, cluster)
     sniffer = pg.TarSniffer()
@@ -369,11 +504,15 @@ def _take(config: Config, info: dict, backup_id: str, label: str, progress: bool
     log.debug(f"backup {backup_id}: {argv[0]} into {key}")
     started = datetime.now(timezone.utc)
     try:
-        trailer, _ = stream_program(argv, env, stores, key, config, observe, seal)
+        trailer, _ = stream_program(argv, env, stores, key, config, observe, seal,
+                                    compressed=on_server, threads=workers)
     finally:
         bar.finish()
     ended = datetime.now(timezone.utc)
     try:
+        if not sniffer.ended:
+            raise OperationFailed("pg_basebackup's tar stream has no end-of-archive marker: "
+                                  "the backup is incomplete; nothing was completed")
         meta = _locate(config, info, stores, sniffer, started, ended)
         stop_seg = Segment.containing(meta["stop_tli"], max(meta["stop_lsn"] - 1, 0), seg_size)
         start_seg = Segment.containing(meta["start_tli"], meta["start_lsn"], seg_size)

@@ -151,10 +151,18 @@ class Encoder:
     key: an ArchiveKey (crypto.py) to encrypt with, or None for a plain object.
     name: the store key the object is written under (format version 3, which binds it);
     None writes version 2 (no name), which only tests and tools outside a store want.
+    original_size: the chunks are already in the codec (a base backup PostgreSQL
+    compressed with zstd itself): they become the body as they are, and this callable,
+    asked once they are exhausted, gives the size of what they decode to (whoever
+    decoded them on the way says so; the trailer records it and every reader checks it).
     """
 
     def __init__(self, codec: str, level: int = 3, size_hint: int | None = None,
-                 threads: int = 2, key=None, name: str | None = None):
+                 threads: int = 2, key=None, name: str | None = None,
+                 original_size: Callable[[], int] | None = None):
+        if original_size is not None and codec == "none":
+            raise ValueError("an already compressed stream needs its codec")
+        self.original_size = original_size
         self.codec = codec
         self.level = level
         self.size_hint = size_hint
@@ -167,7 +175,8 @@ class Encoder:
     def run(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         digest = hashlib.sha256()
         size = body = 0
-        comp = _compressor(self.codec, self.level, self.size_hint, self.threads)
+        comp = (None if self.original_size is not None
+                else _compressor(self.codec, self.level, self.size_hint, self.threads))
         header = pack_header(self.codec, CIPHER_AES256GCM if self.key else CIPHER_NONE,
                              self.version)
         yield header
@@ -199,6 +208,8 @@ class Encoder:
                 digest.update(out)
                 body += len(out)
                 yield out
+        if self.original_size is not None:
+            size = self.original_size()
         self.trailer = Trailer(size, body, digest.digest(), self.version)
         yield pack_trailer(self.trailer)
 
