@@ -239,8 +239,19 @@ shared_buffers = 128MB
         self.meta_path.write_text(json.dumps(m))
 
     def write_config(self) -> None:
-        self.cfg.write_text(f'''cluster = "{CLUSTER}"
+        for path, compress in ((self.cfg, "auto"), (self.client_cfg, "client")):
+            self._write_config(path, compress)
+
+    @property
+    def client_cfg(self) -> Path:
+        """The same configuration with walkeeper compressing on the client."""
+        return self.cfg.with_name("walkeeper-client.toml")
+
+    def _write_config(self, path: Path, compress: str) -> None:
+        path.write_text(f'''cluster = "{CLUSTER}"
 state_dir = "{self.work / 'state'}"
+[backup]
+compress = "{compress}"
 [postgres]
 conninfo = "{self.conninfo}"
 bindir = "{self.pgbin}"
@@ -317,7 +328,8 @@ def median(xs):
 def backup_rounds(c: Cluster, a, scratch: Path, results: dict) -> None:
     pbb = c.pgbin / "pg_basebackup"
     conn = shlex.quote(c.conninfo)
-    tools = ["pg_basebackup | zstd -3", "pg_basebackup server-zstd:3", "walkeeper basebackup"]
+    tools = ["pg_basebackup | zstd -3", "pg_basebackup server-zstd:3", "walkeeper basebackup",
+             "walkeeper basebackup (client)"]
     pgbr = None
     if not a.no_pgbackrest and shutil.which("pgbackrest"):
         pgbr = pgbackrest_setup(c, scratch)
@@ -337,9 +349,12 @@ def backup_rounds(c: Cluster, a, scratch: Path, results: dict) -> None:
             elif tool == "pg_basebackup server-zstd:3":
                 r = timed([str(pbb), "-d", c.conninfo, "-Ft", "-D", str(out / "d"), "-X", "none",
                            "-c", "fast", "--compress=server-zstd:3"])
-            elif tool == "walkeeper basebackup":
+            elif tool.startswith("walkeeper basebackup"):
+                # The default (compress = auto: the server compresses with zstd, two
+                # workers) and compress = client (walkeeper compresses pg_basebackup's tar).
+                cfg = c.client_cfg if tool.endswith("(client)") else c.cfg
                 before = set(os.listdir(backups)) if backups.exists() else set()
-                r = timed([*c.wk, "--config", str(c.cfg), "basebackup", "--no-progress",
+                r = timed([*c.wk, "--config", str(cfg), "basebackup", "--no-progress",
                            "--json"], sample=True)
                 new = set(os.listdir(backups)) - before if backups.exists() else set()
                 r["stored_bytes"] = sum(du(backups / b) for b in new)
@@ -402,7 +417,7 @@ def restore_rounds(c: Cluster, a, scratch: Path, results: dict) -> None:
     extract_only = ("import sys, os; from walkeeper.backups.recover import extract; "
                     "os.mkdir(sys.argv[2], 0o700); f = open(sys.argv[1], 'rb'); "
                     "extract(f, sys.argv[2])")
-    tools = ["tar -x", "walkeeper recover"]
+    tools = ["tar -x", "zstd -d | tar -x", "walkeeper recover"]
     pieces = ["recover --dry-run", "decode only", "extract only", "zstd -d > /dev/null"]
     rows = {t: [] for t in tools + pieces}
     for rnd in range(a.rounds):
@@ -413,6 +428,10 @@ def restore_rounds(c: Cluster, a, scratch: Path, results: dict) -> None:
             if tool == "tar -x":
                 dest.mkdir(mode=0o700)
                 r = timed(["tar", "-xf", str(tar), "-C", str(dest)])
+            elif tool == "zstd -d | tar -x":
+                dest.mkdir(mode=0o700)
+                r = timed(["bash", "-c", f"set -o pipefail; zstd -d -q -c {shlex.quote(str(obj))}"
+                           f" | tar -x -C {shlex.quote(str(dest))}"])
             elif tool == "walkeeper recover":
                 r = timed([*c.wk, "--config", str(c.cfg), "recover", "--pgdata", str(dest),
                            "--immediate"], sample=True)
@@ -425,7 +444,8 @@ def restore_rounds(c: Cluster, a, scratch: Path, results: dict) -> None:
                 r = timed([py, "-c", extract_only, str(tar), str(dest)], sample=True)
             else:
                 r = timed(["bash", "-c", f"zstd -d -q -c {shlex.quote(str(obj))} > /dev/null"])
-            if dest.exists() and tool in ("tar -x", "walkeeper recover", "extract only"):
+            if dest.exists() and tool in ("tar -x", "zstd -d | tar -x", "walkeeper recover",
+                                          "extract only"):
                 r["restored_bytes"] = du(dest)
             r["round"] = rnd
             rows[tool].append(r)
@@ -487,6 +507,9 @@ def summarize(results: dict) -> str:
             lines.append(f"  basebackup <= 1.3x pg_basebackup | zstd -3: {ratio:.3f} "
                          f"(rounds {min(per):.3f}-{max(per):.3f}) "
                          f"{'pass' if ratio <= 1.3 else 'FAIL'}")
+            lines.append(f"  basebackup <= 0.8x pg_basebackup | zstd -3 (issue 19): {ratio:.3f} "
+                         f"(rounds {min(per):.3f}-{max(per):.3f}) "
+                         f"{'pass' if ratio <= 0.8 and max(per) <= 0.8 else 'FAIL'}")
             lines.append(f"  basebackup peak memory < 150 MB: walkeeper {own:.0f} MB, "
                          f"walkeeper + pg_basebackup {tree:.0f} MB "
                          f"{'pass' if own < 150 else 'FAIL'}")
@@ -500,6 +523,10 @@ def summarize(results: dict) -> str:
             lines.append(f"  recover <= 1.3x tar -x: {ratio:.3f} "
                          f"(rounds {min(per):.3f}-{max(per):.3f}) "
                          f"{'pass' if ratio <= 1.3 else 'FAIL'}")
+        pipe = median([x["seconds"] for x in r.get("zstd -d | tar -x", []) if x["rc"] == 0])
+        if pipe and wk:
+            lines.append(f"  recover vs zstd -d | tar -x of the same object (issue 19, "
+                         f"recorded): {median([x['seconds'] for x in wk]) / pipe:.3f}")
     return "\n".join(lines) + "\n"
 
 
