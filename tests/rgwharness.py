@@ -15,6 +15,7 @@ Faults: kill_radosgw() (SIGKILL: connections reset, later ones refused), restart
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -27,6 +28,22 @@ HERE = Path(__file__).resolve().parent / "rgw"
 RADOSGW = Path(os.environ.get("WALKEEPER_RADOSGW", "/usr/bin/radosgw"))
 ACCESS_ENV = "WALKEEPER_S3_ACCESS_KEY"
 SECRET_ENV = "WALKEEPER_S3_SECRET_KEY"
+
+
+# SSE-KMS with RGW's "testing" key backend (keys in ceph.conf, no KMS server; allowed over
+# plain HTTP on loopback), and virtual-hosted buckets under VHOST_DOMAIN (RGW takes the
+# bucket from the Host header when it ends in rgw_dns_name; path-style requests to
+# 127.0.0.1 are unaffected).
+KMS_KEYS = {"testkey-1": "YmluCmJvb3N0CmJvb3N0LWJ1aWxkCmNlcGguY29uZgo=",
+            "testkey-2": "aWIKTWFrZWZpbGUKbWFuCm91dApzcmMKVGVzdGluZwo="}
+VHOST_DOMAIN = "s3.walkeeper.test"
+EXTRA_CONF = "\n".join([
+    "rgw gc obj min wait = 5",
+    "rgw crypt s3 kms backend = testing",
+    "rgw crypt s3 kms encryption keys = " + " ".join(f"{k}={v}" for k, v in KMS_KEYS.items()),
+    "rgw crypt require ssl = false",
+    f"rgw dns name = {VHOST_DOMAIN}",
+])
 
 
 class RgwHarnessError(RuntimeError):
@@ -58,7 +75,7 @@ class RgwServer:
                            text=True, timeout=timeout, stdin=subprocess.DEVNULL,
                            env={**os.environ, "RGW_WATCH_PID": str(os.getpid()),
                                 "RGW_MEMSTORE_BYTES": str(3 << 30), "RGW_TLS": "1",
-                                "RGW_EXTRA_CONF": "rgw gc obj min wait = 5"})
+                                "RGW_EXTRA_CONF": EXTRA_CONF})
         if p.returncode:
             raise RgwHarnessError(f"rgw-up.sh failed ({p.returncode}): {p.stderr[-3000:]}")
         self.env = _parse(p.stdout)
@@ -124,6 +141,44 @@ class RgwServer:
     @property
     def secret_key(self) -> str:
         return self.env["S3_SECRET_KEY"]
+
+    @property
+    def vhost_endpoint(self) -> str:
+        """The plain endpoint under VHOST_DOMAIN, a name no resolver knows: reach it with
+        proxy_env(), through which a client sends every request to radosgw in absolute
+        form (`GET http://BUCKET.s3.walkeeper.test:PORT/KEY`), which radosgw accepts as a
+        server should; it then reads the bucket from the host name, as it would behind
+        wildcard DNS."""
+        return f"http://{VHOST_DOMAIN}:{self.endpoint.rsplit(':', 1)[1]}"
+
+    def proxy_env(self) -> dict[str, str]:
+        return {"HTTP_PROXY": self.endpoint, "http_proxy": self.endpoint,
+                "NO_PROXY": "", "no_proxy": ""}
+
+    def requests_log(self) -> str:
+        """radosgw's log: one line per request, with its target."""
+        return (self.dir / "log" / "client.rgw.a.log").read_text(errors="replace")
+
+    def stored_data_contains(self, bucket: str, marker: bytes) -> bool:
+        """Whether the bytes RADOS holds for the bucket's objects (what is at rest, under
+        RGW) contain `marker`."""
+        conf = ["-c", str(self.dir / "ceph.conf")]
+        stats = json.loads(subprocess.run(
+            ["radosgw-admin", *conf, "bucket", "stats", f"--bucket={bucket}"],
+            capture_output=True, text=True, check=True, timeout=60).stdout)
+        prefix = stats["marker"] + "_"
+        pool = ["rados", *conf, "-p", "default.rgw.buckets.data"]
+        names = subprocess.run([*pool, "ls"], capture_output=True, text=True, check=True,
+                               timeout=60).stdout.split()
+        mine = [n for n in names if n.startswith(prefix)]
+        if not mine:
+            raise RgwHarnessError(f"no RADOS object for bucket {bucket}")
+        for n in mine:
+            data = subprocess.run([*pool, "get", n, "-"], capture_output=True, check=True,
+                                  timeout=60).stdout
+            if marker in data:
+                return True
+        return False
 
     def credentials_env(self) -> dict[str, str]:
         """The variables a store configured by store_toml() reads its keys from."""

@@ -359,7 +359,8 @@ class S3Upload:
         for attempt in range(2):
             try:
                 s._call("claim", claim, lambda c: c.put_object(
-                    Bucket=s.bucket, Key=claim, Body=body, IfNoneMatch="*"), taken_ok=True)
+                    Bucket=s.bucket, Key=claim, Body=body, IfNoneMatch="*", **s._sse()),
+                    taken_ok=True)
                 return claim
             except _Taken:
                 pass
@@ -531,13 +532,18 @@ class S3Store:
             raise StoreError(self.name, str(exc)) from None
 
     def _put_extra(self) -> dict:
-        extra = {}
+        """Storage class and SSE-KMS of a stored object."""
+        extra = self._sse()
         if self.cfg.storage_class:
             extra["StorageClass"] = self.cfg.storage_class
-        if self.cfg.sse_kms_key_id:
-            extra["ServerSideEncryption"] = "aws:kms"
-            extra["SSEKMSKeyId"] = self.cfg.sse_kms_key_id
         return extra
+
+    def _sse(self) -> dict:
+        """SSE-KMS, also for the short-lived claims and the probe: a bucket policy may
+        refuse any PUT without it (they keep the bucket's storage class)."""
+        if not self.cfg.sse_kms_key_id:
+            return {}
+        return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.cfg.sse_kms_key_id}
 
     def _where(self) -> str:
         return self.cfg.endpoint or f"AWS S3 ({self.cfg.region})"
@@ -546,6 +552,14 @@ class S3Store:
         cfg = self.cfg
         creds = (f"${cfg.access_key_env}/${cfg.secret_key_env}" if cfg.access_key_env
                  else "the AWS credential chain")
+        msg = exc.response.get("Error", {}).get("Message") or ""
+        if cfg.sse_kms_key_id and (code.startswith("KMS.") or "kms" in msg.lower()):
+            # RGW answers an unknown key id with InvalidAccessKeyId, AWS with
+            # KMS.NotFoundException or AccessDenied naming kms: the key, not the credentials.
+            return StoreError(self.name, f"cannot {what} s3://{self.bucket}/{key} at "
+                              f"{self._where()}: the server refused SSE-KMS key "
+                              f"{cfg.sse_kms_key_id!r} ({code}{': ' + msg if msg else ''}): "
+                              f"check sse_kms_key_id, and that the credentials may use that key")
         if code in _AUTH_CODES:
             return StoreError(self.name, f"bucket {self.bucket!r} at {self._where()} refused the "
                               f"credentials ({code}): check the keys in {creds}")
@@ -560,7 +574,6 @@ class S3Store:
         if code == "QuotaExceeded":
             return StoreError(self.name, f"cannot {what} s3://{self.bucket}/{key}: the quota is "
                               f"exceeded (QuotaExceeded); free space or raise the quota")
-        msg = exc.response.get("Error", {}).get("Message") or ""
         return StoreError(self.name, f"cannot {what} s3://{self.bucket}/{key} at "
                           f"{self._where()}: {code}{': ' + msg if msg else ''}")
 
@@ -660,7 +673,8 @@ class S3Store:
                 try:
                     self._call("probe", key, lambda c: c.put_object(
                         Bucket=self.bucket, Key=key, Body=b"walkeeper: does this bucket "
-                        b"enforce If-None-Match?\n", IfNoneMatch="*"), taken_ok=True)
+                        b"enforce If-None-Match?\n", IfNoneMatch="*", **self._sse()),
+                        taken_ok=True)
                 except _Taken:
                     result = True
                     break
