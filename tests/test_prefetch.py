@@ -148,6 +148,27 @@ def test_a_pause_in_replay_keeps_the_spool(wk, tmp_path, archive):
     wait_cleaned(tmp_path)  # and it still ends once nothing more is asked
 
 
+def test_the_end_of_the_archive_leaves_no_temporary_behind(wk, tmp_path, archive):
+    """The prefetcher creates each segment's temporary when it queues it (so that a
+    fetch asking for it waits rather than decodes it twice); a segment the archive
+    lacks must take its temporary away at once, or the fetch asking for it at the end
+    of recovery would wait for an entry nobody writes."""
+    cfg, content = archive
+    cfg = write_config(tmp_path, "[fetch]\nprefetch_idle = 10\n", "idle.toml")
+    segs = sorted(content)
+    dest = recovery_dir(tmp_path) / "RECOVERYXLOG"
+    assert wk("--config", cfg, "fetch", segs[0], dest).returncode == 0
+    wait_for(lambda: [e[:24] for e in entries(tmp_path)] == segs[1:], what="the spool")
+    # Depth 8 queued three segments past the end of the archive.
+    wait_for(lambda: not [p for p in spool(tmp_path).iterdir() if ".tmp-" in p.name],
+             timeout=10, what="the temporaries of the missing segments to go")
+    assert prefetcher_running(tmp_path)
+    missing = names(segs[-1], 2)[1]
+    r = wk("-v", "--config", cfg, "fetch", missing, dest)
+    assert r.returncode == 1, r.stderr
+    assert "prefetch spool" not in r.stderr
+
+
 def test_a_spooled_file_of_another_timeline_is_never_served(wk, tmp_path, archive):
     cfg, content = archive
     segs = sorted(content)
