@@ -90,6 +90,21 @@ def test_commands_prints_both_lines_for_this_configuration(wk, tmp_path):
     assert not out["fast_push"] and not out["fast_fetch"]
 
 
+def test_a_link_of_another_name_still_gets_the_fast_lines(tmp_path):
+    """walkeeper run through a link named otherwise (walkeeper-15 -> .../bin/walkeeper):
+    the lines name the script the link points to, and walkeeper-fast beside it."""
+    link = tmp_path / "walkeeper-15"
+    link.symlink_to(WALKEEPER)
+    cfg = make_config(tmp_path, cluster="fp", store=tmp_path / "store")
+    r = subprocess.run([str(link), "--config", str(cfg), "commands", "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["fast_push"] and out["fast_fetch"], out
+    assert out["archive_command"].endswith(
+        f"|| {os.path.realpath(WALKEEPER)} --config {cfg} push %p %f")
+
+
 def test_bad_arguments(tmp_path):
     r = subprocess.run([FAST, "push", "x"], capture_output=True, text=True)
     assert r.returncode == 2 and "usage" in r.stderr

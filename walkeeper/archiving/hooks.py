@@ -31,6 +31,8 @@ def walkeeper_argv(config) -> tuple[list[str], list[str]]:
     """(environment assignments, argv) that run this very walkeeper with the same
     configuration, for PostgreSQL to call."""
     exe = os.path.abspath(sys.argv[0])
+    if os.path.basename(exe) != "walkeeper":
+        exe = os.path.realpath(exe)     # a link of another name (walkeeper-15 -> ...)
     cmd = [exe] if os.path.basename(exe) == "walkeeper" and os.access(exe, os.X_OK) \
         else [sys.executable, "-m", "walkeeper"]
     prefix = []
