@@ -177,3 +177,31 @@ def test_server_compression_keeps_the_client_lean(pg, wk, tmp_path):
     [tar_obj] = files(tmp_path / "local" / "test" / "backups", "base.tar.zst")
     assert not frame_checksummed(tar_obj)
     assert len(decoded(tar_obj)) == info.files[0].size
+
+
+def test_a_server_without_zstd_falls_back_to_the_client(pg, wk, tmp_path, capsys):
+    """auto on a server built without zstd: its refusal comes before any backup starts;
+    walkeeper says so and compresses the backup itself (backup_manifest included).
+    backup.compress = "server" fails instead."""
+    cluster, cfg_path = archiving_cluster(pg, wk, tmp_path)
+    cluster.execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g")
+    refuse = ('case "$*" in *server-zstd*)\n'
+              '  echo "pg_basebackup: error: could not initiate base backup: ERROR:  zstd '
+              'compression is not supported by this build" >&2; exit 1 ;;\nesac\n'
+              f'exec "{PG_BIN / "pg_basebackup"}" "$@"\n')
+    bindir = _fake_bindir(tmp_path / "nozstd", refuse)
+    cfg = config_mod.load(str(cfg_path))
+    cfg.values["postgres.bindir"] = str(bindir)
+    info = backup.take_basebackup(cfg, None, False)
+    assert "cannot compress with zstd" in capsys.readouterr().err
+    [tar_obj] = files(tmp_path / "local" / "test" / "backups", "base.tar.zst")
+    assert frame_checksummed(tar_obj)
+    with tarfile.open(fileobj=io.BytesIO(decoded(tar_obj))) as tar:
+        assert "backup_manifest" in tar.getnames()
+    assert [p.parent.name for p in backup_jsons(tmp_path / "local")] == [info.id]
+
+    cfg.values["backup.compress"] = "server"
+    with pytest.raises(OperationFailed) as exc:
+        backup.take_basebackup(cfg, None, False)
+    assert "not supported by this build" in exc.value.line()
+    assert len(backup_jsons(tmp_path / "local")) == 1

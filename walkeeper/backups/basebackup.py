@@ -444,6 +444,11 @@ def take_basebackup(config: Config, label: str | None = None,
     return result
 
 
+def _no_zstd(message: str) -> bool:
+    text = message.lower()
+    return "zstd" in text and ("not supported" in text or "does not support" in text)
+
+
 def compress_on_server(setting: str, codec: str, info: dict) -> bool:
     """Where the backup is compressed (backup.compress): on the server with zstd
     (PostgreSQL 15+) or here. Not on a standby: it archives no backup history file,
@@ -485,29 +490,45 @@ def _take(config: Config, info: dict, backup_id: str, label: str, progress: bool
     conninfo, env = pg.program_env(config["postgres.conninfo"])
     on_server = compress_on_server(config["backup.compress"], codec, info)
     workers = config["backup.workers"]
-    argv = [pg.find_program("pg_basebackup", config["postgres.bindir"]),
-            *(["-d", conninfo] if conninfo else []),
-            "-D", "-", "-Ft", "-X", "none", "-c", "fast", "-v", "--no-password", "-l", label]
-    if on_server:
-        # pg_basebackup cannot put backup_manifest into a stream it did not compress.
-        argv += ["--no-manifest", f"--compress=server-zstd:level={config['compression.level']}"
-                 + (f",workers={workers}" if workers else "")]
     key = backup_file_key(cluster, backup_id, "base.tar", codec)
     seal = writer_key(config.keyring, stores, cluster)
-    sniffer = pg.TarSniffer()
-    bar = Progress(info["database_bytes"], progress)
 
-    def observe(data: bytes) -> None:
-        sniffer.feed(data)
-        bar.update(len(data))
+    def attempt(on_server: bool) -> tuple[Trailer, pg.TarSniffer]:
+        argv = [pg.find_program("pg_basebackup", config["postgres.bindir"]),
+                *(["-d", conninfo] if conninfo else []),
+                "-D", "-", "-Ft", "-X", "none", "-c", "fast", "-v", "--no-password",
+                "-l", label]
+        if on_server:
+            # pg_basebackup cannot put backup_manifest into a stream it did not compress.
+            argv += ["--no-manifest",
+                     f"--compress=server-zstd:level={config['compression.level']}"
+                     + (f",workers={workers}" if workers else "")]
+        sniffer = pg.TarSniffer()
+        bar = Progress(info["database_bytes"], progress)
 
-    log.debug(f"backup {backup_id}: {argv[0]} into {key}")
+        def observe(data: bytes) -> None:
+            sniffer.feed(data)
+            bar.update(len(data))
+
+        log.debug(f"backup {backup_id}: {argv[0]} {argv[-1] if on_server else ''} into {key}")
+        try:
+            trailer, _ = stream_program(argv, env, stores, key, config, observe, seal,
+                                        compressed=on_server, threads=workers)
+        finally:
+            bar.finish()
+        return trailer, sniffer
+
     started = datetime.now(timezone.utc)
     try:
-        trailer, _ = stream_program(argv, env, stores, key, config, observe, seal,
-                                    compressed=on_server, threads=workers)
-    finally:
-        bar.finish()
+        trailer, sniffer = attempt(on_server)
+    except OperationFailed as exc:
+        # A server built without zstd says so before it starts the backup.
+        if not (on_server and config["backup.compress"] == "auto" and _no_zstd(exc.message)):
+            raise
+        log.warn(f"the server cannot compress with zstd ({exc.message}); walkeeper "
+                 f"compresses this backup itself (set backup.compress = \"client\" to go "
+                 f"there directly)")
+        trailer, sniffer = attempt(False)
     ended = datetime.now(timezone.utc)
     try:
         if not sniffer.ended:
