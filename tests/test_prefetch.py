@@ -130,15 +130,22 @@ def test_next_segments_are_spooled_and_served(wk, tmp_path, archive):
     wait_cleaned(tmp_path)
 
 
-def test_a_pause_in_replay_keeps_the_spool(wk, tmp_path, archive):
-    """A replay slower than a few seconds (a heavy segment, a delayed standby) must
-    not lose what was spooled: the prefetcher waits fetch.prefetch_idle."""
-    cfg, content = archive
-    cfg = write_config(tmp_path, "[fetch]\nprefetch_idle = 12\n", "idle.toml")
+def first_fetched(wk, tmp_path: Path, archive, idle: int):
+    """With prefetch_idle = IDLE, the first segment fetched and the other five spooled:
+    (config, content, names, DEST)."""
+    _, content = archive
+    cfg = write_config(tmp_path, f"[fetch]\nprefetch_idle = {idle}\n", "idle.toml")
     segs = sorted(content)
     dest = recovery_dir(tmp_path) / "RECOVERYXLOG"
     assert wk("--config", cfg, "fetch", segs[0], dest).returncode == 0
     wait_for(lambda: [e[:24] for e in entries(tmp_path)] == segs[1:], what="the spool")
+    return cfg, content, segs, dest
+
+
+def test_a_pause_in_replay_keeps_the_spool(wk, tmp_path, archive):
+    """A replay slower than a few seconds (a heavy segment, a delayed standby) must
+    not lose what was spooled: the prefetcher waits fetch.prefetch_idle."""
+    cfg, content, segs, dest = first_fetched(wk, tmp_path, archive, idle=12)
     time.sleep(7)          # longer than the prefetcher used to wait (5 s), well under 12
     assert [e[:24] for e in entries(tmp_path)] == segs[1:]
     r = wk("-v", "--config", cfg, "fetch", segs[1], dest)
@@ -153,12 +160,7 @@ def test_the_end_of_the_archive_leaves_no_temporary_behind(wk, tmp_path, archive
     fetch asking for it waits rather than decodes it twice); a segment the archive
     lacks must take its temporary away at once, or the fetch asking for it at the end
     of recovery would wait for an entry nobody writes."""
-    cfg, content = archive
-    cfg = write_config(tmp_path, "[fetch]\nprefetch_idle = 10\n", "idle.toml")
-    segs = sorted(content)
-    dest = recovery_dir(tmp_path) / "RECOVERYXLOG"
-    assert wk("--config", cfg, "fetch", segs[0], dest).returncode == 0
-    wait_for(lambda: [e[:24] for e in entries(tmp_path)] == segs[1:], what="the spool")
+    cfg, content, segs, dest = first_fetched(wk, tmp_path, archive, idle=10)
     # Depth 8 queued three segments past the end of the archive.
     wait_for(lambda: not [p for p in spool(tmp_path).iterdir() if ".tmp-" in p.name],
              timeout=10, what="the temporaries of the missing segments to go")
