@@ -3,6 +3,10 @@
     pg_basebackup -D - -Ft -X none -> encode once -> <cluster>/backups/<ID>/base.tar.zst
                                                       in every store
 
+With backup.compress = server (auto on a PostgreSQL 15+ primary), the server compresses
+(--compress=server-zstd, no backup_manifest then) and its zstd stream is the object's
+body as it comes; a thread decodes it on the way for backup_label and the size.
+
 -X none: the WAL comes from our archive, and the server does not end the backup
 before the WAL it needs is archived. The backup's start point comes from the
 backup_label at the head of the tar stream (pg_basebackup -v prints no LSNs with
