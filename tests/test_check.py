@@ -48,6 +48,8 @@ def test_check_passes_on_a_healthy_setup(wk, tmp_path, archiving):
     assert "write, read back, delete" in found["store local"]
     assert str(tmp_path / "store") in found["store local"]
     assert "write, read back, delete" in found["store offsite"]
+    assert "compressed by the server with zstd (2 workers)" in found["basebackup"]
+    assert "no backup_manifest" in found["basebackup"]
     segment = found["wal switch"].split()[3]
     assert (tmp_path / "store" / "chk" / "wal" / segment[:16] / f"{segment}.zst").exists()
     # The probes are gone from both stores.
@@ -130,3 +132,27 @@ def test_unreachable_server_and_bad_config(wk, tmp_path):
     bad.write_text('cluster = "chk"\n[[stores]]\nname = "x"\ntype = "nfs"\n')
     r = wk("--config", bad, "check")
     assert r.returncode == 3 and "stores[0].type" in r.stderr
+
+
+@pytest.mark.parametrize("compress, codec, version, standby, ok, words", [
+    ("auto", "zstd", 150010, False, True, "compressed by the server"),
+    ("client", "zstd", 150010, False, True, "compressed by walkeeper (backup.compress = client)"),
+    ("auto", "zstd", 150010, True, True, "compressed by walkeeper (a standby)"),
+    ("auto", "zstd", 140009, False, True, "compressed by walkeeper (PostgreSQL before 15)"),
+    ("auto", "none", 150010, False, True, "stored uncompressed"),
+    ("server", "zstd", 150010, True, False, "the server is a standby"),
+])
+def test_check_says_where_backups_are_compressed(tmp_path, compress, codec, version, standby,
+                                                 ok, words):
+    from walkeeper import config as config_mod
+    from walkeeper.maintenance.check import _basebackup
+
+    path = tmp_path / "c.toml"
+    path.write_text(f'cluster = "c"\nstate_dir = "{tmp_path}"\n[backup]\ncompress = '
+                    f'"{compress}"\n[compression]\nalgorithm = "{codec}"\n[[stores]]\n'
+                    f'name = "l"\ntype = "local"\npath = "{tmp_path / "s"}"\n')
+    c = _basebackup(config_mod.load(str(path)), {"version_num": version,
+                                                 "in_recovery": standby})
+    assert c.name == "basebackup" and c.ok is ok and words in c.detail, c
+    if not ok:
+        assert 'backup.compress = "client"' in c.fix

@@ -56,6 +56,7 @@ def run_checks(config: Config, timeout: float = SWITCH_TIMEOUT, report=None) -> 
         return out
     add(Check("postgres", True, f"connected to {settings['where']} (PostgreSQL "
                                 f"{settings['version']})"))
+    add(_basebackup(config, settings))
     archiving = [add(c).ok for c in (_wal_level(settings), _archive_mode(settings),
                                      _archive_command(settings))]
     archiver = _archiver(settings)
@@ -192,7 +193,8 @@ SELECT current_setting('server_version'), current_setting('wal_level'),
        coalesce((SELECT reset_val FROM pg_settings WHERE name = 'archive_command'),
                 current_setting('archive_command')),
        coalesce(current_setting('archive_library', true), ''), pg_is_in_recovery(),
-       a.failed_count, a.last_failed_wal, a.last_failed_time, a.last_archived_time
+       a.failed_count, a.last_failed_wal, a.last_failed_time, a.last_archived_time,
+       current_setting('server_version_num')::int
 FROM pg_stat_archiver a
 """
 
@@ -217,10 +219,33 @@ def _server_settings(config: Config) -> dict | Check:
                      "connect as a superuser or a member of pg_monitor")
     keys = ("version", "wal_level", "archive_mode", "archive_command", "archive_library",
             "in_recovery", "failed_count", "last_failed_wal", "last_failed_time",
-            "last_archived_time")
+            "last_archived_time", "version_num")
     settings = dict(zip(keys, row))
     settings["where"] = pg.where(conninfo)
     return settings
+
+
+def _basebackup(config: Config, s: dict) -> Check:
+    """Where `basebackup` will compress (backup.compress), and what that means."""
+    from walkeeper.backups.basebackup import compress_on_server
+
+    codec = config["compression.algorithm"]
+    try:
+        server = compress_on_server(config["backup.compress"], codec,
+                                    {"server_version_num": s["version_num"],
+                                     "in_recovery": s["in_recovery"]})
+    except ConfigError as exc:
+        return Check("basebackup", False, exc.message, exc.hint)
+    if server:
+        return Check("basebackup", True, f"compressed by the server with zstd "
+                     f"({config['backup.workers']} workers): the backups have no "
+                     f"backup_manifest (backup.compress = \"client\" keeps one)")
+    if codec != "zstd":
+        return Check("basebackup", True, "stored uncompressed (compression.algorithm = none)")
+    why = ("backup.compress = client" if config["backup.compress"] == "client"
+           else "a standby" if s["in_recovery"] else "PostgreSQL before 15")
+    return Check("basebackup", True, f"compressed by walkeeper ({why}), backup_manifest "
+                                     f"included")
 
 
 def _wal_level(s: dict) -> Check:
