@@ -170,12 +170,12 @@ class _Decoder:
             except queue.Full:
                 continue
 
-    def finish(self) -> int:
-        """The decoded size, once the stream has ended and decoded cleanly."""
+    def finish(self) -> None:
+        """Once the stream has ended: raise unless it decoded cleanly (then `size` is
+        what it decodes to)."""
         self.put(None)
         self.thread.join()
         self._raise()
-        return self.size
 
     def close(self) -> None:
         self.stop.set()
@@ -246,7 +246,6 @@ def stream_program(argv: list[str], env: dict[str, str], stores: list, key: str,
     pumper.start()
 
     decoder = _Decoder(observe) if compressed else None
-    decoded: list[int] = []
 
     def chunks():
         while True:
@@ -268,13 +267,13 @@ def stream_program(argv: list[str], env: dict[str, str], stores: list, key: str,
             raise OperationFailed(f"{program} failed (exit {rc}): "
                                   f"{pg.last_line(chr(10).join(errlines))}")
         if decoder is not None:
-            decoded.append(decoder.finish())
+            decoder.finish()
 
     try:
         out = put_stream([_WatchedStore(s, watch) for s in stores], key, chunks(),
                          config["compression.algorithm"], config["compression.level"],
                          threads=threads, seal=seal,
-                         original_size=(lambda: decoded[0]) if compressed else None)
+                         original_size=(lambda: decoder.size) if compressed else None)
     except _Abandon:
         raise OperationFailed(f"{watch.error}; abandoned: the copy must reach every store") \
             from None
@@ -453,25 +452,32 @@ def _no_zstd(message: str) -> bool:
     return "zstd" in text and ("not supported" in text or "does not support" in text)
 
 
-def compress_on_server(setting: str, codec: str, info: dict) -> bool:
-    """Where the backup is compressed (backup.compress): on the server with zstd
-    (PostgreSQL 15+) or here. Not on a standby: it archives no backup history file,
-    so the stop point comes from backup_manifest, which a server-compressed stream
-    cannot carry."""
-    if setting == "client" or codec != "zstd" and setting == "auto":
-        return False
-    problem = ("compression.algorithm is not zstd" if codec != "zstd"
-               else "the server is older than PostgreSQL 15"
-               if info["server_version_num"] < 150000
-               else "the server is a standby (its backup's stop point is in backup_manifest, "
-                    "which a server-compressed stream cannot carry)"
-               if info.get("in_recovery") else "")
-    if not problem:
-        return True
-    if setting == "server":
+def client_reason(setting: str, codec: str, info: dict) -> str | None:
+    """Where the backup is compressed (backup.compress): None on the server with zstd
+    (PostgreSQL 15+), else why walkeeper compresses it here. Not on a standby: it
+    archives no backup history file, so the stop point comes from backup_manifest,
+    which a server-compressed stream cannot carry. `server` where that cannot be is a
+    ConfigError."""
+    if codec != "zstd":
+        problem, reason = "compression.algorithm is not zstd", "compression.algorithm = none"
+    elif info["server_version_num"] < 150000:
+        problem, reason = "the server is older than PostgreSQL 15", "PostgreSQL before 15"
+    elif info.get("in_recovery"):
+        problem = ("the server is a standby (its backup's stop point is in backup_manifest, "
+                   "which a server-compressed stream cannot carry)")
+        reason = "a standby"
+    else:
+        problem = reason = None
+    if setting == "client":
+        return reason or "backup.compress = client"
+    if problem and setting == "server":
         raise ConfigError(f"backup.compress = \"server\" but {problem}",
-                         hint='set backup.compress = "client" or "auto"')
-    return False
+                          hint='set backup.compress = "client" or "auto"')
+    return reason
+
+
+def compress_on_server(setting: str, codec: str, info: dict) -> bool:
+    return client_reason(setting, codec, info) is None
 
 
 def _refuse(info: dict) -> None:

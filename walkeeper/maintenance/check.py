@@ -227,23 +227,20 @@ def _server_settings(config: Config) -> dict | Check:
 
 def _basebackup(config: Config, s: dict) -> Check:
     """Where `basebackup` will compress (backup.compress), and what that means."""
-    from walkeeper.backups.basebackup import compress_on_server
+    from walkeeper.backups.basebackup import client_reason
 
-    codec = config["compression.algorithm"]
     try:
-        server = compress_on_server(config["backup.compress"], codec,
-                                    {"server_version_num": s["version_num"],
-                                     "in_recovery": s["in_recovery"]})
+        why = client_reason(config["backup.compress"], config["compression.algorithm"],
+                            {"server_version_num": s["version_num"],
+                             "in_recovery": s["in_recovery"]})
     except ConfigError as exc:
         return Check("basebackup", False, exc.message, exc.hint)
-    if server:
+    if why is None:
         return Check("basebackup", True, f"compressed by the server with zstd "
                      f"({config['backup.workers']} workers): the backups have no "
                      f"backup_manifest (backup.compress = \"client\" keeps one)")
-    if codec != "zstd":
-        return Check("basebackup", True, "stored uncompressed (compression.algorithm = none)")
-    why = ("backup.compress = client" if config["backup.compress"] == "client"
-           else "a standby" if s["in_recovery"] else "PostgreSQL before 15")
+    if config["compression.algorithm"] != "zstd":
+        return Check("basebackup", True, f"stored uncompressed ({why})")
     return Check("basebackup", True, f"compressed by walkeeper ({why}), backup_manifest "
                                      f"included")
 
