@@ -121,6 +121,19 @@ def rgw(tmp_path_factory):
 
 
 @pytest.fixture
+def bucket(rgw, monkeypatch):
+    """A new bucket on the session's RGW, its credentials in the environment; emptied
+    after the test."""
+    rgw.ensure_running()
+    for k, v in rgw.credentials_env().items():
+        monkeypatch.setenv(k, v)
+    name = rgw.new_bucket()
+    yield name
+    if rgw.running():
+        rgw.empty_bucket(name)
+
+
+@pytest.fixture
 def tmp_short():
     d = Path(tempfile.mkdtemp(prefix="wk", dir="/tmp"))
     yield d

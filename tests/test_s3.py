@@ -50,17 +50,6 @@ def s3_cfg(rgw, bucket: str, **kw) -> StoreConfig:
     return StoreConfig(**base)
 
 
-@pytest.fixture
-def bucket(rgw, monkeypatch):
-    rgw.ensure_running()
-    for k, v in rgw.credentials_env().items():
-        monkeypatch.setenv(k, v)
-    name = rgw.new_bucket()
-    yield name
-    if rgw.running():
-        rgw.empty_bucket(name)
-
-
 def run_wk(*args, env: dict | None = None, timeout: float = 120, secrets=()):
     """The console script; no secret in any output, never a traceback."""
     full = clean_env(env or {})

@@ -9,7 +9,7 @@ import pytest
 
 from rgwharness import VHOST_DOMAIN
 from storecontract import payload, read_all
-from test_s3 import bucket, config, run_wk, s3_cfg  # noqa: F401  (bucket: a fixture)
+from test_s3 import config, run_wk, s3_cfg
 from walfiles import write_segment
 from walkeeper.stores import open_store
 from walkeeper.stores.s3_client import PART_SIZE
@@ -27,7 +27,7 @@ def marked_segment(tmp_path, name):
 
 
 @pytest.mark.slow
-def test_sse_kms_encrypts_every_object_at_rest(rgw, bucket, tmp_path):  # noqa: F811
+def test_sse_kms_encrypts_every_object_at_rest(rgw, bucket, tmp_path):
     env = rgw.credentials_env()
     # Control: the same segment without SSE is readable in RADOS, so the check sees plaintext.
     plain = rgw.new_bucket()
@@ -74,7 +74,7 @@ def test_sse_kms_encrypts_every_object_at_rest(rgw, bucket, tmp_path):  # noqa: 
 
 
 @pytest.mark.slow
-def test_unknown_sse_kms_key_is_one_line_naming_the_key(rgw, bucket, tmp_path):  # noqa: F811
+def test_unknown_sse_kms_key_is_one_line_naming_the_key(rgw, bucket, tmp_path):
     env = rgw.credentials_env()
     cfg = config(tmp_path, rgw.store_toml(bucket, sse_kms_key_id="no-such-key"),
                  extra="[fetch]\nprefetch = 0\n")
@@ -89,7 +89,7 @@ def test_unknown_sse_kms_key_is_one_line_naming_the_key(rgw, bucket, tmp_path): 
 
 
 @pytest.mark.slow
-def test_virtual_hosted_addressing(rgw, bucket, tmp_path):  # noqa: F811
+def test_virtual_hosted_addressing(rgw, bucket, tmp_path):
     env = {**rgw.credentials_env(), **rgw.proxy_env()}
     stores = rgw.store_toml(bucket, addressing="virtual").replace(
         f'endpoint = "{rgw.endpoint}"', f'endpoint = "{rgw.vhost_endpoint}"')
